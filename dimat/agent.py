@@ -1,0 +1,164 @@
+"""One agent: a model over a flat state vector, an optimizer, and its shard of data.
+
+An agent never talks to other agents. It trains for a number of steps,
+evaluates, and hands out or takes in its state as a flat float32 vector.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dimat.flat import FlatLayout, as_tensor, flatten_module, to_numpy
+
+OPTIMIZERS = ("sgd", "msgd", "adam")
+
+
+def make_optimizer(
+    params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """`sgd` (no momentum), `msgd` (heavy-ball momentum) or `adam`."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    if name == "msgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    raise ValueError(f"algorithm.optimizer={name} is unknown: use one of {', '.join(OPTIMIZERS)}")
+
+
+class Agent:
+    """A model whose float state is one flat vector, trained on `indices` of shared data."""
+
+    def __init__(
+        self,
+        index: int,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        indices: np.ndarray,
+        *,
+        batch_size: int,
+        optimizer: dict,
+        seed: int,
+        device: str = "cpu",
+    ):
+        self.index = index
+        self.model = model.to(device)
+        self.device = device
+        self.vec, self.layout = flatten_module(self.model)
+        self.x, self.y = x, y  # shared (possibly read-only) arrays; never written
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size = batch_size
+        self.optimizer_cfg = dict(optimizer)
+        self.opt = self._new_optimizer()
+        self.gen = torch.Generator().manual_seed(seed)
+        self._order = np.empty(0, dtype=np.int64)
+        self._pos = 0
+
+    # -- data ------------------------------------------------------------
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        c = self.optimizer_cfg
+        return make_optimizer(
+            self.model.parameters(), c["optimizer"], c["lr"], c.get("momentum", 0.9), c.get("weight_decay", 0.0)
+        )
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next mini-batch of an endless sequence of shuffled epochs."""
+        if self._pos + self.batch_size > len(self._order):
+            perm = torch.randperm(len(self.indices), generator=self.gen).numpy()
+            rest = self._order[self._pos :]
+            self._order = np.concatenate([rest, self.indices[perm]])
+            self._pos = 0
+        idx = np.sort(self._order[self._pos : self._pos + self.batch_size])
+        self._pos += self.batch_size
+        xb = torch.from_numpy(self.x[idx]).to(self.device, non_blocking=True)
+        yb = torch.from_numpy(self.y[idx]).to(self.device, non_blocking=True)
+        return xb, yb
+
+    def local_samples(self, k: int) -> torch.Tensor:
+        """The first `k` samples of the agent's own shard (for merging and BatchNorm repair)."""
+        return torch.from_numpy(self.x[self.indices[:k]]).to(self.device)
+
+    def steps_for(self, epochs: float) -> int:
+        return max(1, math.ceil(epochs * len(self.indices) / self.batch_size))
+
+    # -- training --------------------------------------------------------
+    def train(self, steps: int) -> float:
+        """`steps` optimizer steps; returns the mean training loss (nan if no data)."""
+        if steps <= 0 or len(self.indices) == 0:
+            return float("nan")
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        for _ in range(steps):
+            xb, yb = self.next_batch()
+            loss = F.cross_entropy(self.model(xb), yb)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.detach()
+        return float(total) / steps
+
+    def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        return predict(self.model, x, batch_size, self.device)
+
+    # -- state -----------------------------------------------------------
+    def state(self) -> np.ndarray:
+        """The live flat state (a view: copy it before the agent trains on)."""
+        return to_numpy(self.vec)
+
+    def load(self, vec: np.ndarray | torch.Tensor) -> None:
+        src = as_tensor(vec) if isinstance(vec, np.ndarray) else vec
+        self.vec.copy_(src.to(self.vec.device))
+
+    def state_dict_views(self, vec: np.ndarray | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.layout.views(self.vec if vec is None else vec)
+
+    def snapshot(self) -> dict:
+        """Everything needed to continue exactly: weights, integer buffers, optimizer, RNG, data position.
+
+        Plain tensors and numbers only, so it loads with `torch.load(weights_only=True)`.
+        """
+        ints = {k: v.clone() for k, v in self.model.state_dict().items() if not v.is_floating_point()}
+        return {
+            "vec": self.vec.detach().cpu().clone(), "ints": ints, "opt": self.opt.state_dict(),
+            "rng": self.gen.get_state(), "order": torch.from_numpy(self._order.copy()), "pos": self._pos,
+        }
+
+    def restore(self, snap: dict) -> None:
+        self.load(snap["vec"])
+        for k, v in snap["ints"].items():
+            owner_name, _, attr = k.rpartition(".")
+            (self.model.get_submodule(owner_name) if owner_name else self.model)._buffers[attr].copy_(v)
+        self.opt = self._new_optimizer()
+        self.opt.load_state_dict(snap["opt"])
+        self.gen.set_state(snap["rng"])
+        self._order, self._pos = snap["order"].numpy().copy(), int(snap["pos"])
+
+    def reset_optimizer(self) -> None:
+        self.opt = self._new_optimizer()
+
+    @property
+    def params(self) -> torch.Tensor:
+        """The parameter part of the flat state (BatchNorm statistics excluded)."""
+        return self.vec[: self.layout.n_params]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024, device: str = "cpu") -> np.ndarray:
+    """Predicted labels of `x` in eval mode."""
+    model.eval()
+    out = [model(as_tensor(x[s : s + batch_size]).to(device)).argmax(1).cpu() for s in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def correct_by_class(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Number of correct predictions per true class."""
+    return np.bincount(y[pred == y], minlength=num_classes)
+
+
+__all__ = ["Agent", "FlatLayout", "OPTIMIZERS", "correct_by_class", "make_optimizer", "predict"]

@@ -1,0 +1,86 @@
+"""DIMAT: align each neighbour into the agent's own basis, merge with W, repair BatchNorm.
+
+Per agent m and round: θ_m ← W_mm·θ_m + Σ_j W_mj·P_j(θ_j), where P_j is the
+permutation found by weight matching (default) or activation matching on the
+agent's own data (`merge.data=local`), or the identity (`merge.method=average`).
+BatchNorm statistics are then re-estimated on local data.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dimat import merge as mergelib
+from dimat.agent import Agent
+from dimat.algorithms.base import Algorithm, Received
+
+METHODS = ("weight", "activation", "average")
+
+
+class Dimat(Algorithm):
+    default_init = "independent"
+
+    def __init__(self, *, merge: dict, **options):
+        super().__init__(merge=merge, **options)
+        self.method = merge.get("method", "weight")
+        if self.method not in METHODS:
+            raise ValueError(f"merge.method={self.method} is unknown: use one of {', '.join(METHODS)}")
+        self.samples = int(merge.get("samples", 512))
+        self.restarts = int(merge.get("restarts", 0))
+        self.warm_start = bool(merge.get("warm_start", True))
+        self.bn_repair = bool(merge.get("bn_repair", True))
+        self.spec: mergelib.PermutationSpec | None = None
+        self.template: torch.nn.Module | None = None
+        self._prev: dict[tuple[int, int], mergelib.Perm] = {}  # (agent, neighbour) -> last permutation
+        self.proxy = None  # optional shared public data for matching and BN repair
+
+    def prepare(self, agent: Agent, example: torch.Tensor) -> None:
+        if self.spec is None and self.method != "average":
+            # one spec per host: every agent has the same architecture
+            self.spec = mergelib.PermutationSpec.from_model(agent.model, example)
+        if self.template is None and self.method == "activation":
+            import copy
+
+            self.template = copy.deepcopy(agent.model)
+
+    def agent_state(self, index: int) -> dict:
+        # the warm-start permutations, keyed by neighbour (strings: checkpoint-friendly)
+        return {str(j): dict(p) for (i, j), p in self._prev.items() if i == index}
+
+    def load_agent_state(self, index: int, state: dict) -> None:
+        self._prev.update({(index, int(j)): dict(p) for j, p in state.items()})
+
+    def merge_data(self, agent: Agent) -> torch.Tensor:
+        """Samples for activation matching and BN repair: the agent's own, or a shared proxy set."""
+        if self.proxy is not None:
+            return self.proxy
+        return agent.local_samples(self.samples)
+
+    def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> dict:
+        t0 = time.perf_counter()
+        own = agent.state_dict_views()
+        others = [agent.state_dict_views(r.state) for r in received]
+        data = self.merge_data(agent) if (self.method == "activation" or self.bn_repair) else None
+        if self.method != "average" and others:
+            init = [self._prev.get((agent.index, r.source)) if self.warm_start else None for r in received]
+            kw = {"restarts": self.restarts} if self.method == "weight" else {}
+            others, perms = mergelib.align(
+                agent.model if self.method == "activation" else own,
+                others,
+                self.spec,
+                method=self.method,
+                data=data,
+                model=self.template,
+                init=init,
+                **kw,
+            )
+            for r, p in zip(received, perms):
+                self._prev[(agent.index, r.source)] = p
+        merged = mergelib.merge([own] + others, [self_weight] + [r.weight for r in received])
+        agent.load(agent.layout.flatten(merged))
+        if self.bn_repair:
+            mergelib.reset_bn(agent.model, data)
+        self.after_merge(agent)
+        return {"merge_s": time.perf_counter() - t0}

@@ -1,0 +1,338 @@
+"""Build the components from a config and run the round loop on the driver.
+
+`run(cfg) -> Result` is the whole program; the CLI only wraps it. Each round:
+hosts train → the schedule plans exchanges → hosts publish and merge → hosts
+evaluate → the driver records. Components are validated before anything is
+written, so a bad config leaves no half-made run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import topologies
+from dimat.algorithms import ALGORITHMS
+from dimat.algorithms.final import bn_keys, global_average, pool_bn_stats, set_bn_stats
+from dimat.data import class_histogram, load_dataset, partition
+from dimat.flat import FlatLayout
+from dimat.loggers import build_logger, check_logger
+from dimat.metrics import ByteLedger, RunWriter, accuracy, own_class_masks, read_metrics, write_atomic
+from dimat.progress import Display
+from dimat.runtime import build_backend
+from dimat.runtime.host import build_agent_model, save_atomic
+from dimat.schedule import Ledger, Progress, build_schedule, mixing_rows, plan_size
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class Result:
+    run_dir: Path
+    summary: dict
+    records: list[dict]
+
+
+def to_plain(cfg: DictConfig | dict) -> dict:
+    """A resolved plain-container config (what actors receive)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+@dataclass
+class Setup:
+    """Everything built from the config before a run starts (nothing written yet)."""
+
+    cfg: dict
+    dataset: object
+    parts: list[np.ndarray]
+    hist: np.ndarray
+    topology: object | None
+    steps_per_round: int
+    centralized: bool
+
+
+def epochs_to_steps(epochs: float, parts: list[np.ndarray], batch_size: int) -> int:
+    """Steps for `epochs` passes over the mean shard: all agents step in lockstep."""
+    return max(1, math.ceil(epochs * float(np.mean([len(q) for q in parts])) / batch_size))
+
+
+def prepare(cfg: dict) -> Setup:
+    """Validate the config and build data, partition and topology; raise ConfigError on bad input."""
+    c = cfg
+    algo = c["algorithm"]["name"]
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"algorithm={algo} is unknown: use one of {', '.join(ALGORITHMS)}")
+    n = c["agents"]
+    if n < 2:
+        raise ConfigError(f"agents={n}: a decentralized run needs at least 2 agents")
+    if c["rounds"] < 1:
+        raise ConfigError(f"rounds={c['rounds']} must be >= 1")
+    if c["batch_size"] < 1:
+        raise ConfigError(f"batch_size={c['batch_size']} must be >= 1")
+    if c["init"] not in ("auto", "independent", "shared"):
+        raise ConfigError(f"init={c['init']} is unknown: use auto, independent or shared")
+    check_logger(c["logger"])
+    if c["init"] == "auto":
+        c["init"] = ALGORITHMS[algo].default_init
+    d = c["data"]
+    dataset = load_dataset(
+        d["name"], d["root"], train_samples=d["train_samples"], test_samples=d["test_samples"], seed=c["seed"],
+        **d["options"],
+    )
+    if c["eval"]["max_samples"]:
+        k = min(c["eval"]["max_samples"], len(dataset.y_test))
+        keep = np.sort(np.random.default_rng(c["seed"]).permutation(len(dataset.y_test))[:k])
+        dataset = replace(dataset, x_test=dataset.x_test[keep], y_test=dataset.y_test[keep])
+    p = c["partition"]
+    parts = partition(
+        dataset.y_train, n, p["method"], alpha=p["alpha"], min_samples=p["min_samples"],
+        shards_per_agent=p["shards_per_agent"], seed=c["seed"],
+    )
+    hist = class_histogram(dataset.y_train, parts, dataset.num_classes)
+    t = c["topology"]
+    topo = topologies.build(
+        t["name"], n, weights=t["weights"], seed=c["seed"], p=t["p"], k=t["k"], rewire=t["rewire"],
+        path=t["path"], max_tries=t["max_tries"], rows=t["rows"],
+    )
+    steps = c["local_steps"] or epochs_to_steps(c["local_epochs"], parts, c["batch_size"])
+    return Setup(c, dataset, parts, hist, topo, steps, algo == "centralized")
+
+
+def run(cfg: DictConfig | dict, *, resume: bool = False) -> Result:
+    """Run one experiment (or continue it from its last checkpoint); returns folder, summary, records."""
+    c = to_plain(cfg)
+    try:
+        s = prepare(c)
+    except (ValueError, FileNotFoundError) as e:  # component validation: bad input, nothing written
+        raise ConfigError(str(e)) from e
+    run_dir = Path(c["run"]["dir"] or Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")).resolve()
+    writer = RunWriter(run_dir)
+    if not resume:
+        write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(c)))
+    display = Display(enabled=c["run"]["progress"])
+    display.start_info(s)
+    # centralized: one model on all the data, the agents' combined batch, the same steps
+    host_cfg, host_parts = c, s.parts
+    if s.centralized:
+        host_cfg = {**c, "batch_size": c["batch_size"] * c["agents"], "init": "shared"}
+        host_parts = [np.sort(np.concatenate(s.parts))]
+    backend = build_backend(host_cfg, s.dataset, host_parts)
+    logger = build_logger(c["logger"], run_dir, c)
+    try:
+        return Driver(c, s, backend, writer, display, logger, len(host_parts)).run(resume)
+    finally:
+        backend.shutdown()
+        display.stop()
+        logger.close()
+
+
+class Driver:
+    """The round loop: train, plan, exchange, measure, record, checkpoint."""
+
+    def __init__(self, c: dict, s: Setup, backend, writer: RunWriter, display, logger, n: int):
+        self.c, self.s, self.backend, self.writer, self.display, self.logger, self.n = (
+            c, s, backend, writer, display, logger, n
+        )
+        self.state_bytes = int(backend.call_one(0, "state_nbytes"))
+        self.schedule = Ledger(
+            build_schedule(**{k: v for k, v in c["schedule"].items() if k != "_target_"}, seed=c["seed"]),
+            self.state_bytes, bytes=c["budget"]["bytes"], exchanges=c["budget"]["exchanges"],
+        )
+        self.ledger = ByteLedger(n)
+        self.test_counts = np.bincount(s.dataset.y_test, minlength=s.dataset.num_classes)
+        self.own = own_class_masks(s.hist) if not s.centralized else np.ones((1, s.dataset.num_classes), bool)
+        self.communicates = ALGORITHMS[c["algorithm"]["name"]].communicates
+        self.records: list[dict] = []
+        self.t_start = time.perf_counter()
+
+    def run(self, resume: bool) -> Result:
+        c, R = self.c, self.c["rounds"]
+        start = self.restore() if resume else 0
+        if start == 0:
+            self.writer.metrics_path.unlink(missing_ok=True)
+            self.records = []
+            if c["pretrain_epochs"] and c["init"] == "independent":
+                self.backend.call("train", epochs_to_steps(c["pretrain_epochs"], self.s.parts, c["batch_size"]))
+        self.display.begin(R, start)
+        every = c["run"]["checkpoint_every"]
+        for r in range(start + 1, R + 1):
+            self.round(r)
+            if every and (r % every == 0 or r == R):
+                self.checkpoint(r)
+        summary = _summarize(self.c, self.ledger, self.records)
+        if c["final_merge"] and self.communicates:
+            summary.update(_final_merge(c, self.s, self.backend, self.n, self.test_counts, self.state_bytes))
+        summary["wall_s"] = time.perf_counter() - self.t_start
+        self.writer.write_json("summary.json", summary)
+        self.logger.summary(summary)
+        self.display.final(summary, self.records)
+        return Result(self.writer.dir, summary, self.records)
+
+    def round(self, r: int) -> None:
+        c, s, backend, n = self.c, self.s, self.backend, self.n
+        R, spr = c["rounds"], s.steps_per_round
+        losses = _merge_dicts(backend.call("train", spr))
+        progress = Progress(r, R, r * spr, R * spr)
+        due = r % c["eval"]["every"] == 0 or r == R
+        W = s.topology.at(r - 1).W if isinstance(s.topology, topologies.TimeVarying) else s.topology.W
+        rec: dict = {"round": r, "step": progress.step}
+        measured: dict = {}
+        if self.communicates and (due or self.schedule.name == "consensus"):
+            measured["consensus"] = rec["consensus_before_merge"] = _consensus(backend, n)[0]
+        if self.communicates and self.schedule.needs_drift:
+            measured["drift"] = _merge_dicts(backend.call("drift"))
+        if due and self.communicates and c["eval"]["before_merge"]:
+            rec["acc_before_merge"] = float(np.mean(_agent_acc(backend, self.test_counts)))
+        plan = self.schedule.plan(progress, W, measured) if self.communicates else {}
+        round_bytes, merge_s = _exchange(backend, mixing_rows(W, plan), self.ledger)
+        if not due:
+            return
+        rec.update(_measure(backend, n, self.test_counts, self.own))
+        rec["acc_after_merge"] = rec["acc_mean"]
+        rec.update(
+            bytes_total=self.ledger.total, bytes_round=round_bytes, budget_spent=self.schedule.spent_bytes,
+            budget_bytes=c["budget"]["bytes"], exchanges_planned=self.schedule.last_planned,
+            exchanges=plan_size(plan), merge_s=merge_s, loss_mean=float(np.nanmean(list(losses.values()))),
+            bytes_sent=self.ledger.sent, bytes_recv=self.ledger.recv, wall_s=time.perf_counter() - self.t_start,
+        )
+        self.writer.append(rec)
+        self.records.append(_json_ready(rec))
+        self.logger.log(self.records[-1])
+        self.display.round(rec)
+
+    # -- checkpoints -------------------------------------------------------
+    def checkpoint(self, r: int) -> None:
+        """Agents (by their hosts) and driver state into checkpoint.tmp/, then swapped in by renames."""
+        run_dir = self.writer.dir
+        tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.backend.call("save", str(tmp))
+        driver = {
+            "round": r, "schedule": self.schedule.state(), "bytes": self.ledger.state(),
+            "wall_s": time.perf_counter() - self.t_start,
+        }
+        save_atomic(driver, tmp / "driver.pt")
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def restore(self) -> int:
+        """Load the last complete checkpoint; returns its round (0 if there is none)."""
+        run_dir = self.writer.dir
+        folder = next((f for f in (run_dir / "checkpoint", run_dir / "checkpoint.old") if (f / "driver.pt").exists()), None)
+        if folder is None:
+            return 0
+        driver = torch.load(folder / "driver.pt", weights_only=True)
+        self.backend.call("restore", str(folder))
+        self.schedule.load(driver["schedule"])
+        self.ledger.load(driver["bytes"])
+        self.t_start = time.perf_counter() - driver["wall_s"]
+        r = driver["round"]
+        # records after the checkpoint are replayed: drop them from the file
+        self.records = [rec for rec in read_metrics(run_dir) if rec["round"] <= r] if self.writer.metrics_path.exists() else []
+        write_atomic(self.writer.metrics_path, "".join(json.dumps(rec) + "\n" for rec in self.records))
+        return r
+
+
+def _merge_dicts(dicts: list[dict]) -> dict:
+    out = {}
+    for d in dicts:
+        out.update(d)
+    return dict(sorted(out.items()))
+
+
+def _exchange(backend, rows: dict, ledger: ByteLedger) -> tuple[int, float]:
+    """Publish the senders' states once each, let every host merge its receivers."""
+    if not rows:
+        return 0, 0.0
+    senders = sorted({j for _, row in rows.values() for j, _ in row})
+    by_host = [[j for j in g if j in set(senders)] for g in backend.groups]
+    handles = _merge_dicts(backend.call_each("publish", [(ids,) for ids in by_host]))
+    args = []
+    for g in backend.groups:
+        mine = {i: rows[i] for i in g if i in rows}
+        need = {j for _, row in mine.values() for j, _ in row}
+        args.append((mine, {j: handles[j] for j in need}))
+    results = backend.call_each("exchange", args)
+    total = sum(ledger.add(res["transfers"]) for res in results)
+    merge_s = sum(sum(res["merge_s"].values()) for res in results)
+    return total, merge_s
+
+
+def _agent_acc(backend, test_counts: np.ndarray, own: np.ndarray | None = None) -> list[float]:
+    correct = _merge_dicts(backend.call("evaluate"))
+    return [accuracy(correct[i], test_counts, None if own is None else own[i]) for i in sorted(correct)]
+
+
+def _consensus(backend, n: int) -> tuple[float, np.ndarray]:
+    """Mean ‖x_i − x̄‖² over agents (parameters only), computed in two passes in float64; and x̄."""
+    mean = np.sum(backend.call("state_sum"), axis=0) / n
+    dists = _merge_dicts(backend.call("sq_distance", mean))
+    return float(np.mean(list(dists.values()))), mean
+
+
+def _measure(backend, n: int, test_counts: np.ndarray, own: np.ndarray) -> dict:
+    """Accuracies of every agent and of the average model, and the consensus distance."""
+    correct = _merge_dicts(backend.call("evaluate"))
+    acc = [accuracy(correct[i], test_counts) for i in range(n)]
+    acc_own = [accuracy(correct[i], test_counts, own[i]) for i in range(n)]
+    consensus, mean = _consensus(backend, n)
+    avg_correct = backend.call_one(0, "evaluate_state", mean.astype(np.float32))
+    return {
+        "acc_mean": float(np.mean(acc)), "acc_min": float(np.min(acc)), "acc_max": float(np.max(acc)),
+        "acc_avg_model": accuracy(avg_correct, test_counts), "consensus": consensus,
+        "acc": acc, "acc_own": acc_own,
+    }
+
+
+def _final_merge(c, s, backend, n, test_counts, state_bytes) -> dict:
+    """All agents into one model (aligned when the run used permutation merges), BN pooled, evaluated."""
+    t0 = time.perf_counter()
+    states = [v for _, v in sorted(_merge_dicts(backend.call("states")).items())]
+    model = build_agent_model(c, s.dataset, 0)
+    layout = FlatLayout.of(model)
+    spec = None
+    if c["algorithm"]["name"] == "dimat" and c["merge"]["method"] != "average":
+        from dimat.merge import PermutationSpec
+
+        spec = PermutationSpec.from_model(model, torch.from_numpy(s.dataset.x_train[:2].copy()))
+    merged = global_average(states, layout, spec)
+    keys = bn_keys(layout)
+    if keys:
+        per_shard = [x for h in backend.call("bn_stats", merged, keys) for x in h]
+        merged = set_bn_stats(merged, layout, pool_bn_stats(per_shard))
+    acc = accuracy(backend.call_one(0, "evaluate_state", merged), test_counts)
+    # every agent uploads its state and downloads the merged one
+    return {
+        "final_acc_global_merge": acc, "bytes_final_merge": 2 * n * state_bytes,
+        "final_merge_s": time.perf_counter() - t0,
+    }
+
+
+def _summarize(c, ledger, records) -> dict:
+    last = records[-1]
+    return {
+        "final_acc_mean": last["acc_mean"], "final_acc_min": last["acc_min"], "final_acc_max": last["acc_max"],
+        "final_acc_avg_model": last["acc_avg_model"], "bytes_total": ledger.total,
+        "bytes_per_agent_max": int(max(ledger.sent.max(), ledger.recv.max())), "rounds": c["rounds"],
+        "agents": c["agents"], "algorithm": c["algorithm"]["name"],
+    }
+
+
+def _json_ready(rec: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in rec.items()}

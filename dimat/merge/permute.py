@@ -1,0 +1,269 @@
+"""Finding, applying and merging permutations: weight matching, activation matching, BN repair.
+
+Convention: a permutation `perm[g]` maps the *other* model into the
+reference's basis — unit i of the aligned model is unit `perm[g][i]` of the
+other, so `apply_permutation(spec, perm, other)` is index_select along every
+axis of group g.
+"""
+
+from __future__ import annotations
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from dimat.merge.spec import PermutationSpec
+
+Perm = dict[str, torch.Tensor]
+
+
+def _axes_by_key(spec: PermutationSpec) -> dict[str, list[tuple[str, int]]]:
+    out: dict[str, list[tuple[str, int]]] = {}
+    for g, pairs in spec.groups.items():
+        for key, axis in pairs:
+            out.setdefault(key, []).append((g, axis))
+    return out
+
+
+def apply_permutation(spec: PermutationSpec, perm: Perm, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A new state with every tensor permuted along its groups' axes (keys outside the spec copied as-is)."""
+    axes = _axes_by_key(spec)
+    out = {}
+    for key, t in state.items():
+        for g, axis in axes.get(key, ()):
+            t = t.index_select(axis, perm[g].to(t.device))
+        out[key] = t
+    return out
+
+
+def _permuted_except(t: torch.Tensor, key_axes, perm: Perm, skip: str) -> torch.Tensor:
+    for g, axis in key_axes:
+        if g != skip:
+            t = t.index_select(axis, perm[g])
+    return t
+
+
+def _solve_group(spec, g, axes, ref32, oth32, perm) -> tuple[torch.Tensor, bool]:
+    """The best permutation of group g given the others', and whether it beats the current one."""
+    n = spec.sizes[g]
+    cost = torch.zeros(n, n)
+    for key, axis in spec.groups[g]:
+        if key in ref32:
+            a = ref32[key].movedim(axis, 0).reshape(n, -1)
+            b = _permuted_except(oth32[key], axes[key], perm, g).movedim(axis, 0).reshape(n, -1)
+            cost += a @ b.T
+    _, cols = linear_sum_assignment(cost.numpy(), maximize=True)
+    new = torch.as_tensor(cols, dtype=torch.long)
+    old_val = float(cost[torch.arange(n), perm[g]].sum())
+    new_val = float(cost[torch.arange(n), new].sum())
+    return new, new_val > old_val + 1e-12 * max(1.0, abs(old_val))
+
+
+def _is_stat(key: str) -> bool:
+    return key.endswith("running_mean") or key.endswith("running_var")
+
+
+def _objective(spec: PermutationSpec, ref: dict, other: dict, perm: Perm) -> float:
+    aligned = apply_permutation(spec, perm, other)
+    return float(sum((ref[k] * v).sum() for k, v in aligned.items()))
+
+
+def weight_matching(
+    spec: PermutationSpec,
+    ref: dict[str, torch.Tensor],
+    other: dict[str, torch.Tensor],
+    *,
+    init: Perm | None = None,
+    max_sweeps: int = 100,
+    restarts: int = 0,
+    seed: int = 0,
+) -> tuple[Perm, dict]:
+    """Git Re-Basin coordinate descent: maximise Σ⟨W_ref, π(W_other)⟩ one group at a time.
+
+    Each step is an exact assignment problem; sweeps visit groups in random
+    order and stop when a sweep gains nothing. With `restarts`, more random
+    starting points are tried and the best objective kept.
+    """
+    axes = _axes_by_key(spec)
+    ref32 = {k: ref[k].detach().float() for k in axes if not _is_stat(k)}
+    oth32 = {k: other[k].detach().float() for k in axes if not _is_stat(k)}
+    gen = torch.Generator().manual_seed(seed)
+    names = list(spec.groups)
+    # a group's cost matrix depends only on the groups sharing a tensor with it: re-solve it
+    # only when one of those changed (the last, gainless sweep then costs almost nothing)
+    coupled = {g: {h for key, _ in spec.groups[g] for h, _ in axes[key] if h != g} for g in names}
+    best: tuple[float, Perm, int] | None = None
+    for attempt in range(restarts + 1):
+        if attempt == 0:
+            perm = {g: (init[g].clone() if init and g in init else torch.arange(n)) for g, n in spec.sizes.items()}
+        else:
+            perm = {g: torch.randperm(n, generator=gen) for g, n in spec.sizes.items()}
+        dirty, sweeps = set(names), 0
+        while dirty and sweeps < max_sweeps:
+            sweeps += 1
+            for gi in torch.randperm(len(names), generator=gen).tolist():
+                g = names[gi]
+                if g not in dirty:
+                    continue
+                dirty.discard(g)
+                new, gained = _solve_group(spec, g, axes, ref32, oth32, perm)
+                if gained:
+                    perm[g] = new
+                    dirty |= coupled[g]
+        obj = _objective(spec, ref32, oth32, perm)
+        if best is None or obj > best[0]:
+            best = (obj, perm, sweeps)
+    obj, perm, sweeps = best
+    return perm, {"sweeps": sweeps, "objective": obj}
+
+
+@torch.no_grad()
+def activation_matching(
+    spec: PermutationSpec,
+    ref_model: nn.Module,
+    other_model: nn.Module,
+    data: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    eps: float = 1e-8,
+) -> Perm:
+    """Match units by the Pearson correlation of the inputs to each group's consumer layers.
+
+    Sufficient statistics (sums, squares, cross-products) are accumulated batch
+    by batch; constant or dead units get correlation 0, never NaN. A residual
+    group sums the correlations over all its consumers.
+    """
+    consumers = {m for mods in spec.consumers.values() for m in mods}
+    captured: dict[tuple[int, str], torch.Tensor] = {}
+
+    def hook(side: int, name: str):
+        def fn(_module, inputs, _output):
+            x = inputs[0]
+            captured[(side, name)] = x.movedim(1, 0).reshape(x.shape[1], -1)
+
+        return fn
+
+    handles = []
+    for side, model in enumerate((ref_model, other_model)):
+        mods = dict(model.named_modules())
+        handles += [mods[name].register_forward_hook(hook(side, name)) for name in consumers]
+    modes = (ref_model.training, other_model.training)
+    ref_model.eval()
+    other_model.eval()
+    stats: dict[str, list[torch.Tensor]] = {}
+    try:
+        for s in range(0, len(data), batch_size):
+            xb = data[s : s + batch_size]
+            ref_model(xb)
+            other_model(xb)
+            for name in consumers:
+                a, b = captured[(0, name)].double(), captured[(1, name)].double()
+                upd = [a.sum(1), b.sum(1), (a * a).sum(1), (b * b).sum(1), a @ b.T, a.shape[1]]
+                stats[name] = upd if name not in stats else [x + y for x, y in zip(stats[name], upd)]
+    finally:
+        for h in handles:
+            h.remove()
+        ref_model.train(modes[0])
+        other_model.train(modes[1])
+    perm = {}
+    for g, mods in spec.consumers.items():
+        corr = sum(_correlation(*stats[m], eps=eps) for m in mods)
+        _, cols = linear_sum_assignment(corr.numpy(), maximize=True)
+        perm[g] = torch.as_tensor(cols, dtype=torch.long)
+    return perm
+
+
+def _correlation(sa, sb, saa, sbb, sab, n, *, eps: float) -> torch.Tensor:
+    ma, mb = sa / n, sb / n
+    cov = sab / n - ma[:, None] * mb[None, :]
+    sda = (saa / n - ma * ma).clamp_min(0).sqrt()
+    sdb = (sbb / n - mb * mb).clamp_min(0).sqrt()
+    corr = cov / (sda[:, None] * sdb[None, :] + eps)
+    return torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def merge(states: list[dict[str, torch.Tensor]], weights) -> dict[str, torch.Tensor]:
+    """Σ_k w_k·state_k for float tensors (in float32); integer buffers come from states[0]."""
+    w = [float(x) for x in weights]
+    out = {}
+    for key, t in states[0].items():
+        if t.is_floating_point():
+            acc = t.detach().float() * w[0]
+            for wk, s in zip(w[1:], states[1:]):
+                acc = acc + s[key].detach().float() * wk
+            out[key] = acc.to(t.dtype)
+        else:
+            out[key] = t.clone()
+    return out
+
+
+def align(
+    reference: nn.Module | dict,
+    others: list[dict],
+    spec: PermutationSpec,
+    method: str = "weight",
+    *,
+    data: torch.Tensor | None = None,
+    model: nn.Module | None = None,
+    init: list[Perm | None] | None = None,
+    **kw,
+) -> tuple[list[dict], list[Perm]]:
+    """Every state in `others` permuted into the reference's basis, and the permutations found."""
+    init = init or [None] * len(others)
+    perms: list[Perm] = []
+    if method == "weight":
+        ref = reference.state_dict() if isinstance(reference, nn.Module) else reference
+        perms = [weight_matching(spec, ref, o, init=p, **kw)[0] for o, p in zip(others, init)]
+    elif method == "activation":
+        if data is None or model is None or not isinstance(reference, nn.Module):
+            raise ValueError("activation matching needs the reference module, a template `model` and `data`")
+        for o in others:
+            model.load_state_dict(o, strict=False)
+            perms.append(activation_matching(spec, reference, model, data, **kw))
+    else:
+        raise ValueError(f"merge.method={method} is unknown for alignment: use weight or activation")
+    return [apply_permutation(spec, p, o) for p, o in zip(perms, others)], perms
+
+
+def align_many(
+    states: list[dict], spec: PermutationSpec, *, method: str = "weight", max_iters: int = 20, seed: int = 0
+) -> tuple[list[dict], list[Perm]]:
+    """MergeMany: bring all models into one common basis (each aligned in turn to the mean of the others)."""
+    if method != "weight":
+        raise ValueError("align_many supports method='weight' (it needs no data)")
+    n = len(states)
+    perms = [{g: torch.arange(k) for g, k in spec.sizes.items()} for _ in range(n)]
+    aligned = [apply_permutation(spec, p, s) for p, s in zip(perms, states)]
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(max_iters):
+        changed = False
+        for k in torch.randperm(n, generator=gen).tolist():
+            rest = [aligned[j] for j in range(n) if j != k]
+            target = merge(rest, [1.0 / len(rest)] * len(rest))
+            new, _ = weight_matching(spec, target, states[k], init=perms[k], seed=seed)
+            if any(not torch.equal(new[g], perms[k][g]) for g in new):
+                perms[k], changed = new, True
+                aligned[k] = apply_permutation(spec, new, states[k])
+        if not changed:
+            break
+    return aligned, perms
+
+
+@torch.no_grad()
+def reset_bn(model: nn.Module, data: torch.Tensor | None, *, batch_size: int = 256) -> None:
+    """Re-estimate BatchNorm running statistics: reset, then one pass in train mode (cumulative average)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or data is None or len(data) == 0:
+        return
+    training, momenta = model.training, [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for s in range(0, len(data), batch_size):
+            model(data[s : s + batch_size])
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(training)

@@ -1,0 +1,115 @@
+"""Per-round records on the driver: accuracies, consensus distance, bytes; run-folder files.
+
+Everything here is arithmetic on what hosts report (correct counts per class,
+squared distances, transfers actually made) plus the writers of
+`metrics.jsonl` and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+def accuracy(correct: np.ndarray, test_counts: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Accuracy from correct counts per class; restricted to the classes in `mask` if given."""
+    if mask is not None:
+        correct, test_counts = correct[mask], test_counts[mask]
+    total = test_counts.sum()
+    return float(correct.sum() / total) if total else float("nan")
+
+
+def own_class_masks(hist: np.ndarray) -> np.ndarray:
+    """An agent's own classes: those with at least half a uniform share of its samples."""
+    totals = hist.sum(1, keepdims=True)
+    return hist >= 0.5 * totals / hist.shape[1]
+
+
+@dataclass
+class ByteLedger:
+    """Bytes actually sent and received per agent, from reported transfers."""
+
+    n: int
+    sent: np.ndarray = field(init=False)
+    recv: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.sent = np.zeros(self.n, dtype=np.int64)
+        self.recv = np.zeros(self.n, dtype=np.int64)
+
+    def add(self, transfers: list[tuple[int, int, int]]) -> int:
+        """Record (source, destination, bytes) transfers; returns their total."""
+        total = 0
+        for src, dst, nbytes in transfers:
+            self.sent[src] += nbytes
+            self.recv[dst] += nbytes
+            total += nbytes
+        return total
+
+    @property
+    def total(self) -> int:
+        return int(self.sent.sum())
+
+    def state(self) -> dict:
+        return {"sent": self.sent.tolist(), "recv": self.recv.tolist()}
+
+    def load(self, state: dict) -> None:
+        self.sent = np.asarray(state["sent"], dtype=np.int64)
+        self.recv = np.asarray(state["recv"], dtype=np.int64)
+
+
+class RunWriter:
+    """Appends one JSON line per round and writes the summary, each write atomic."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+
+    def append(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(_plain(record)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write_json(self, name: str, obj: dict) -> None:
+        write_atomic(self.dir / name, json.dumps(_plain(obj), indent=2) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary name in the same folder, then rename: never half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def flatten_dict(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten_dict(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _plain(obj):
+    """JSON-ready: numpy scalars and arrays to Python numbers and lists; NaN to null."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,47 @@
+"""Normalisation choice shared by the convolutional models.
+
+``norm`` names one of ``NORMS``. GroupNorm with several groups ("gn") only
+allows channel permutations within a group, so merge code pins it; "ln" (one
+group, i.e. LayerNorm over channels and space) keeps channel permutations valid
+and survives skewed local batches, unlike BatchNorm.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+NORMS: tuple[str, ...] = ("bn", "gn", "ln", "none")
+
+
+class ModelError(ValueError):
+    """Invalid model request (unknown name, bad norm, bad shape)."""
+
+
+def resolve_norm(norm: str, batchnorm: bool | None) -> str:
+    """Fold the legacy ``batchnorm`` flag into ``norm`` and validate it."""
+    if batchnorm is not None:
+        norm = "bn" if batchnorm else "none"
+    if norm not in NORMS:
+        raise ModelError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+    return norm
+
+
+def gn_groups(channels: int) -> int:
+    """Groups for "gn": the largest divisor of ``channels`` ≤ min(32, max(2, channels // 4)).
+
+    That is at least 2 whenever ``channels`` is even (always so for the
+    built-in widths); an odd prime channel count falls back to 1 group.
+    """
+    target = min(32, max(2, channels // 4))
+    return next(g for g in range(target, 0, -1) if channels % g == 0)
+
+
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    """A 2-d normalisation layer over ``channels`` channels."""
+    if norm == "bn":
+        return nn.BatchNorm2d(channels)
+    if norm == "gn":
+        return nn.GroupNorm(gn_groups(channels), channels)
+    if norm == "ln":
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()

@@ -1,0 +1,94 @@
+"""What the user sees while a run goes: start-up facts, a live progress bar, the final table."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def _pct(x) -> str:
+    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{100 * x:.1f}%"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+class Display:
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.console = Console(highlight=False)
+        self.bar: Progress | None = None
+
+    def print(self, *args) -> None:
+        if self.enabled:
+            self.console.print(*args)
+
+    def start_info(self, s) -> None:
+        c = s.cfg
+        self.print(
+            f"[bold]dimat[/] {c['algorithm']['name']} · {c['agents']} agents · {c['data']['name']} · "
+            f"{c['model']['name']} · {c['partition']['method']} split · {c['topology']['name']} · "
+            f"backend={c['backend']['name']} · {s.steps_per_round} steps/round"
+        )
+        topo = s.topology
+        if hasattr(topo, "W"):
+            self.print(f"topology {topo.name}: spectral gap 1-|λ2| = {topo.spectral_gap():.4f}")
+        else:
+            self.print(f"topology {topo.name}: time-varying, gap of one period = {topo.spectral_gap():.4f}")
+        hist = s.hist
+        shown = hist if len(hist) <= 16 else hist[:16]
+        self.print("class histogram per agent (rows: agents, columns: classes):")
+        for i, row in enumerate(shown):
+            self.print(f"  agent {i:3d}: " + " ".join(f"{v:4d}" for v in row))
+        if len(hist) > 16:
+            self.print(f"  … {len(hist) - 16} more agents")
+
+    def begin(self, rounds: int, done: int = 0) -> None:
+        if not self.enabled:
+            return
+        self.bar = Progress(
+            TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
+            TimeElapsedColumn(), console=self.console, transient=False,
+        )
+        self.task = self.bar.add_task("", total=rounds, completed=done)
+        self.bar.start()
+
+    def round(self, rec: dict) -> None:
+        if self.bar is None:
+            return
+        desc = (
+            f"acc {_pct(rec['acc_mean'])} (avg model {_pct(rec['acc_avg_model'])}) "
+            f"consensus {rec['consensus']:.3g} · {_bytes(rec['bytes_total'])}"
+        )
+        self.bar.update(self.task, completed=rec["round"], description=desc)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def final(self, summary: dict, records: list[dict]) -> None:
+        self.stop()
+        if not self.enabled:
+            return
+        t = Table(title="dimat: per-round results")
+        for col in ("round", "acc mean", "min", "max", "avg model", "consensus", "bytes"):
+            t.add_column(col, justify="right")
+        step = max(1, len(records) // 12)
+        for r in records[::step] + ([records[-1]] if (len(records) - 1) % step else []):
+            t.add_row(
+                str(r["round"]), _pct(r["acc_mean"]), _pct(r["acc_min"]), _pct(r["acc_max"]),
+                _pct(r["acc_avg_model"]), f"{r['consensus']:.3g}", _bytes(r["bytes_total"]),
+            )
+        self.console.print(t)
+        s = Table(title="summary", show_header=False)
+        for k, v in summary.items():
+            s.add_row(k, _pct(v) if k.startswith("final_acc") else (_bytes(v) if k.startswith("bytes") else str(v)))
+        self.console.print(s)

@@ -1,0 +1,37 @@
+"""The backend interface shared by the in-process and Ray runtimes."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def assign_agents(n_agents: int, n_hosts: int) -> list[list[int]]:
+    """Contiguous blocks of agents per host (ring neighbours mostly share a host)."""
+    n_hosts = max(1, min(n_hosts, n_agents))
+    bounds = [round(h * n_agents / n_hosts) for h in range(n_hosts + 1)]
+    return [list(range(bounds[h], bounds[h + 1])) for h in range(n_hosts)]
+
+
+class Backend:
+    """Hosts agents; `groups[h]` lists the agents living on host h."""
+
+    groups: list[list[int]]
+
+    def call(self, method: str, *args: Any) -> list[Any]:
+        """`method(*args)` on every host; results in host order."""
+        return self.call_each(method, [args] * len(self.groups))
+
+    def call_each(self, method: str, args: Sequence[tuple]) -> list[Any]:
+        raise NotImplementedError
+
+    def call_one(self, host: int, method: str, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        pass
+
+    def host_of(self, agent: int) -> int:
+        for h, g in enumerate(self.groups):
+            if agent in g:
+                return h
+        raise KeyError(agent)

@@ -1,0 +1,211 @@
+"""An agent host: one or more agents in one process, the same code in-process and in a Ray actor.
+
+The host only orchestrates: it builds agents, runs their training, publishes
+their flat states, fetches the neighbour states the driver tells it to, and
+hands them to the algorithm. States travel as handles: the array itself
+in-process, an `ObjectRef` from one `ray.put` per agent per round with Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dimat.agent import Agent, correct_by_class, predict
+from dimat.algorithms import Received, build_algorithm
+from dimat.data import Dataset
+from dimat.flat import as_tensor, flatten_module
+from dimat.models import build_model
+
+
+def agent_seed(seed: int, index: int) -> int:
+    """A per-agent seed, independent of which host the agent lives on."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def build_agent_model(cfg: dict, dataset: Dataset, index: int) -> torch.nn.Module:
+    """Agent `index`'s initial model: its own init (`independent`) or the shared one."""
+    independent = cfg["init"] == "independent"
+    torch.manual_seed(cfg["seed"] + index if independent else cfg["seed"])
+    m = cfg["model"]
+    return build_model(
+        m["name"], dataset.input_shape, dataset.num_classes, width=m["width"], norm=m["norm"], hidden=tuple(m["hidden"])
+    )
+
+
+class AgentHost:
+    """Hosts the agents `parts` (agent index → its sample indices) of one experiment."""
+
+    def __init__(
+        self,
+        cfg: dict,
+        dataset: Dataset,
+        parts: dict[int, np.ndarray],
+        *,
+        transport: str = "local",
+        threads: int | None = None,
+        timeout_s: float = 600.0,
+        device: str = "cpu",
+    ):
+        if threads:
+            torch.set_num_threads(threads)
+        self.cfg = cfg
+        self.transport = transport
+        self.timeout_s = timeout_s
+        self.dataset = dataset
+        self.algorithm = build_algorithm(**cfg["algorithm"], merge=cfg["merge"])
+        self.agents: dict[int, Agent] = {}
+        example = torch.from_numpy(dataset.x_train[:2].copy())
+        for i, idx in parts.items():
+            model = build_agent_model(cfg, dataset, i)
+            agent = Agent(
+                i,
+                model,
+                dataset.x_train,
+                dataset.y_train,
+                idx,
+                batch_size=cfg["batch_size"],
+                optimizer=self.algorithm.optimizer,
+                seed=agent_seed(cfg["seed"], i),
+                device=device,
+            )
+            self.algorithm.prepare(agent, example.to(device))
+            self.agents[i] = agent
+        self.device = device
+        self._last_sent = {i: a.state().copy() for i, a in self.agents.items()}  # for event triggers
+        self._scratch: tuple[torch.nn.Module, torch.Tensor] | None = None
+
+    # -- training and exchange ---------------------------------------------
+    def train(self, steps: int) -> dict[int, float]:
+        return {i: a.train(steps) for i, a in self.agents.items()}
+
+    def publish(self, ids: list[int] | None = None) -> dict[int, Any]:
+        """A snapshot of each agent's state, as a handle the other hosts can fetch."""
+        ids = list(self.agents) if ids is None else ids
+        snaps = {i: self.agents[i].state().copy() for i in ids}
+        self._last_sent.update(snaps)
+        if self.transport == "ray":
+            import ray
+
+            return {i: ray.put(v) for i, v in snaps.items()}
+        return snaps
+
+    def _fetch(self, handles: dict[int, Any]) -> dict[int, np.ndarray]:
+        if self.transport == "ray":
+            import ray
+
+            keys = list(handles)
+            return dict(zip(keys, ray.get([handles[k] for k in keys], timeout=self.timeout_s)))
+        return handles
+
+    def exchange(self, plan: dict[int, tuple[float, list[tuple[int, float]]]], handles: dict[int, Any]) -> dict:
+        """Merge each planned agent with the neighbour states it receives.
+
+        plan: agent → (self weight, [(neighbour, weight), ...]). Returns the
+        transfers that happened as (source, destination, bytes) and merge times.
+        """
+        states = self._fetch(handles)
+        transfers, merge_s = [], {}
+        for i, (self_w, row) in plan.items():
+            received = [Received(j, states[j], w) for j, w in row]
+            transfers += [(r.source, i, int(r.state.nbytes)) for r in received]
+            t0 = time.perf_counter()
+            info = self.algorithm.combine(self.agents[i], self_w, received)
+            merge_s[i] = info.get("merge_s", time.perf_counter() - t0)
+        return {"transfers": transfers, "merge_s": merge_s}
+
+    # -- measurement -------------------------------------------------------
+    def evaluate(self) -> dict[int, np.ndarray]:
+        """Per agent: correct predictions per class on the (full) test set."""
+        d = self.dataset
+        return {
+            i: correct_by_class(a.predict(d.x_test, self.cfg["eval"]["batch_size"]), d.y_test, d.num_classes)
+            for i, a in self.agents.items()
+        }
+
+    def _scratch_model(self) -> tuple[torch.nn.Module, torch.Tensor]:
+        """A spare model of the agents' architecture over its own flat vector, built once."""
+        if self._scratch is None:
+            model = build_agent_model(self.cfg, self.dataset, 0).to(self.device)
+            self._scratch = (model, flatten_module(model)[0])
+        return self._scratch
+
+    def evaluate_state(self, vec: np.ndarray) -> np.ndarray:
+        """Correct predictions per class of a given flat state (e.g. the average model)."""
+        model, flat = self._scratch_model()
+        flat.copy_(as_tensor(vec))
+        d = self.dataset
+        pred = predict(model, d.x_test, self.cfg["eval"]["batch_size"], self.device)
+        return correct_by_class(pred, d.y_test, d.num_classes)
+
+    def bn_stats(self, vec: np.ndarray, keys: list[str]) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """BatchNorm statistics of the model `vec` on each hosted agent's own data (nothing else leaves)."""
+        from dimat.merge import reset_bn
+
+        model, flat = self._scratch_model()
+        out = []
+        for a in self.agents.values():
+            flat.copy_(as_tensor(vec))
+            x = a.local_samples(self.cfg["merge"]["samples"])
+            reset_bn(model, x)
+            views = a.layout.views(flat)
+            out.append((len(x), {k: views[k].cpu().numpy().copy() for k in keys}))
+        return out
+
+    def drift(self) -> dict[int, float]:
+        """‖x_i − x̂_i‖² since each agent last sent its state (event-triggered schedules)."""
+        out = {}
+        for i, a in self.agents.items():
+            d = a.state().astype(np.float64) - self._last_sent[i]
+            out[i] = float(d @ d)
+        return out
+
+    def state_sum(self) -> np.ndarray:
+        """Sum of the hosted agents' flat states, in float64."""
+        return np.sum([a.state().astype(np.float64) for a in self.agents.values()], axis=0)
+
+    def sq_distance(self, mean: np.ndarray, params_only: bool = True) -> dict[int, float]:
+        """‖x_i − x̄‖² per hosted agent (over the parameters by default)."""
+        out = {}
+        for i, a in self.agents.items():
+            n = a.layout.n_params if params_only else a.layout.size
+            diff = a.state()[:n].astype(np.float64) - mean[:n]
+            out[i] = float(diff @ diff)
+        return out
+
+    def state_nbytes(self) -> int:
+        return int(next(iter(self.agents.values())).state().nbytes)
+
+    def save(self, folder: str) -> None:
+        """Write each hosted agent's snapshot to `folder/agent_<i>.pt` (temporary name, then rename)."""
+        for i, a in self.agents.items():
+            snap = a.snapshot()
+            snap["algorithm"] = self.algorithm.agent_state(i)
+            snap["last_sent"] = torch.from_numpy(self._last_sent[i].copy())
+            save_atomic(snap, Path(folder) / f"agent_{i}.pt")
+
+    def restore(self, folder: str) -> None:
+        """Load the hosted agents from a checkpoint folder (tensors only: weights_only=True)."""
+        for i, a in self.agents.items():
+            snap = torch.load(Path(folder) / f"agent_{i}.pt", weights_only=True)
+            a.restore(snap)
+            self.algorithm.load_agent_state(i, snap["algorithm"])
+            self._last_sent[i] = snap["last_sent"].numpy().copy()
+
+    def states(self) -> dict[int, np.ndarray]:
+        return {i: a.state().copy() for i, a in self.agents.items()}
+
+    def ping(self) -> int:
+        return len(self.agents)
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temporary name in the same folder, then rename: never half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,97 @@
+"""Ray backend: a few actors, each hosting a block of agents.
+
+One actor costs a process (~280 MB, ~1.5 s to start on 2 cores), so agents
+are grouped: by default one actor per CPU, each with a block of agents and a
+torch thread count equal to the CPUs it owns. The dataset is put in the
+object store once and read zero-copy by every actor on the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Sequence
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from dimat.runtime.base import Backend, assign_agents
+from dimat.runtime.host import AgentHost
+
+
+def start_local_ray(num_cpus: int | None) -> None:
+    """A private Ray instance bound to 127.0.0.1, without the dashboard."""
+    # Ray listens on the host's address unless this is set before it starts
+    # (see REFERENCES.md); it only disables joining other machines.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+
+
+def connect(address: str) -> None:
+    """Join an existing cluster: its resources are the cluster's, never passed here."""
+    ray.init(address=address, logging_level=logging.WARNING)
+
+
+class RayBackend(Backend):
+    def __init__(self, cfg: dict, dataset, parts):
+        b = cfg["backend"]
+        self.timeout_s = float(b["timeout_s"])
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            connect(b["address"]) if b["address"] else start_local_ray(b["num_cpus"])
+        cpus = float(ray.available_resources().get("CPU", 1.0))
+        n = len(parts)
+        n_hosts = math.ceil(n / b["agents_per_actor"]) if b["agents_per_actor"] else max(1, min(n, int(cpus)))
+        self.groups = assign_agents(n, n_hosts)
+        cpus_each = cpus / len(self.groups)
+        threads = b["threads_per_actor"] or max(1, int(cpus_each))
+        strategy = {"pack": "PACK", "spread": "SPREAD"}[b["placement"]]
+        self.pg = placement_group([{"CPU": cpus_each}] * len(self.groups), strategy=strategy)
+        ray.get(self.pg.ready(), timeout=self.timeout_s)
+        data_ref = ray.put(dataset)
+        remote_host = ray.remote(AgentHost)
+        self.hosts = [
+            remote_host.options(
+                num_cpus=cpus_each,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=h),
+            ).remote(
+                cfg,
+                data_ref,
+                {i: parts[i] for i in g},
+                transport="ray",
+                threads=threads,
+                timeout_s=self.timeout_s,
+            )
+            for h, g in enumerate(self.groups)
+        ]
+        self.call("ping")
+
+    def _get(self, refs: list) -> list[Any]:
+        try:
+            return ray.get(refs, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError as e:
+            raise RuntimeError(
+                f"an agent host did not answer within backend.timeout_s={self.timeout_s:g}s "
+                "(overloaded machine or a hung actor): raise backend.timeout_s or use fewer agents per actor"
+            ) from e
+
+    def call_each(self, method: str, args: Sequence[tuple]) -> list[Any]:
+        return self._get([getattr(h, method).remote(*a) for h, a in zip(self.hosts, args)])
+
+    def call_one(self, host: int, method: str, *args: Any) -> Any:
+        return self._get([getattr(self.hosts[host], method).remote(*args)])[0]
+
+    def shutdown(self) -> None:
+        for h in self.hosts:
+            ray.kill(h)
+        remove_placement_group(self.pg)
+        if self._owns_ray:
+            ray.shutdown()

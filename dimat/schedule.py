@@ -1,0 +1,292 @@
+"""Communication schedules and the budget ledger: *when* and *with whom* agents exchange.
+
+A schedule never touches tensors. After each round of local training the
+driver asks it for a plan: which agents receive from which in-neighbours.
+Decisions depend on progress p = step / T and on what the run measured
+(consensus distance, each agent's drift since its last send). `mixing_rows`
+turns a plan into mixing weights: the weight of a neighbour not heard from
+this round stays with the agent itself, so every row still sums to one.
+
+The `Ledger` wraps any schedule with a total budget (bytes or transfers) that
+is spent in plan order and never exceeded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+Plan = dict[int, list[int]]  # receiver -> the neighbours it receives from this round
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the run stands after round `round` of `rounds`: step s of T; p = s / T."""
+
+    round: int
+    rounds: int
+    step: int
+    total_steps: int
+
+    @property
+    def p(self) -> float:
+        return self.step / max(1, self.total_steps)
+
+
+def full_plan(W: np.ndarray) -> Plan:
+    """Every agent receives from all its in-neighbours."""
+    n = len(W)
+    return {i: [j for j in range(n) if j != i and W[i, j] > 0] for i in range(n)}
+
+
+def plan_size(plan: Plan) -> int:
+    return sum(len(v) for v in plan.values())
+
+
+def mixing_rows(W: np.ndarray, plan: Plan) -> dict[int, tuple[float, list[tuple[int, float]]]]:
+    """Mixing-matrix rows restricted to the plan: (self weight, [(neighbour, weight)])."""
+    rows = {}
+    for i, sources in plan.items():
+        if sources:
+            row = [(j, float(W[i, j])) for j in sources]
+            rows[i] = (1.0 - sum(w for _, w in row), row)
+    return rows
+
+
+class Schedule:
+    """Base: `plan` returns this round's exchanges; an empty plan means no exchange."""
+
+    name = "base"
+    needs_drift = False  # whether `measured` must carry each agent's drift since its last send
+
+    def plan(self, progress: Progress, W: np.ndarray, measured: dict) -> Plan:
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        return {}
+
+    def load(self, state: dict) -> None:
+        pass
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+class Periodic(Schedule):
+    """Exchange with every neighbour once every `every` rounds."""
+
+    name = "periodic"
+
+    def __init__(self, every: int = 1):
+        _check(every >= 1, f"schedule.every={every} must be >= 1")
+        self.every = every
+
+    def plan(self, progress, W, measured):
+        return full_plan(W) if progress.round % self.every == 0 else {}
+
+
+class Late(Schedule):
+    """Sparse (every `every` rounds) until progress p1, then dense (every round)."""
+
+    name = "late"
+
+    def __init__(self, every: int = 4, p1: float = 0.5):
+        _check(every >= 1, f"schedule.every={every} must be >= 1")
+        _check(0.0 <= p1 <= 1.0, f"schedule.p1={p1} must be in [0, 1]")
+        self.every, self.p1 = every, p1
+
+    def plan(self, progress, W, measured):
+        dense = progress.p > self.p1
+        return full_plan(W) if dense or progress.round % self.every == 0 else {}
+
+
+class Window(Schedule):
+    """Dense inside the progress window [p1, p1 + width), sparse (every `every` rounds) elsewhere."""
+
+    name = "window"
+
+    def __init__(self, every: int = 4, p1: float = 0.5, width: float = 0.2):
+        _check(every >= 1, f"schedule.every={every} must be >= 1")
+        _check(0.0 <= p1 <= 1.0, f"schedule.p1={p1} must be in [0, 1]")
+        _check(0.0 < width <= 1.0, f"schedule.width={width} must be in (0, 1]")
+        self.every, self.p1, self.width = every, p1, width
+
+    def plan(self, progress, W, measured):
+        dense = self.p1 <= progress.p < self.p1 + self.width
+        return full_plan(W) if dense or progress.round % self.every == 0 else {}
+
+
+class Ramp(Schedule):
+    """Frequency or degree grows (`up`) or decays (`down`) with progress, linearly or by a cosine.
+
+    The intensity f(p) goes from 0 to 1 (up) or 1 to 0 (down). For frequency
+    the period is round(max_every − f·(max_every − 1)); for degree each agent
+    hears from ceil(f·deg) of its neighbours (at least 1), drawn at random.
+    """
+
+    name = "ramp"
+
+    def __init__(self, shape: str = "linear", direction: str = "up", max_every: int = 8, of: str = "frequency",
+                 seed: int = 0):
+        _check(shape in ("linear", "cosine"), f"schedule.shape={shape} is unknown: use linear or cosine")
+        _check(direction in ("up", "down"), f"schedule.direction={direction} is unknown: use up or down")
+        _check(of in ("frequency", "degree"), f"schedule.of={of} is unknown: use frequency or degree")
+        _check(max_every >= 1, f"schedule.max_every={max_every} must be >= 1")
+        self.shape, self.direction, self.max_every, self.of = shape, direction, max_every, of
+        self.rng = np.random.default_rng(seed)
+        self._last = 0  # round of the last exchange (frequency mode)
+
+    def intensity(self, p: float) -> float:
+        f = p if self.shape == "linear" else 0.5 * (1.0 - math.cos(math.pi * p))
+        return f if self.direction == "up" else 1.0 - f
+
+    def plan(self, progress, W, measured):
+        f = self.intensity(progress.p)
+        if self.of == "frequency":
+            period = round(self.max_every - f * (self.max_every - 1))
+            if progress.round - self._last < period:
+                return {}
+            self._last = progress.round
+            return full_plan(W)
+        out = {}
+        for i, nbrs in full_plan(W).items():
+            k = max(1, math.ceil(f * len(nbrs)))
+            out[i] = sorted(self.rng.choice(nbrs, size=k, replace=False).tolist()) if nbrs else []
+        return out
+
+    def state(self):
+        return {"last": self._last, "rng": self.rng.bit_generator.state}
+
+    def load(self, state):
+        self._last = state["last"]
+        self.rng.bit_generator.state = state["rng"]
+
+
+class FinalOnly(Schedule):
+    """No exchange during training: only the final global merge (if on) communicates."""
+
+    name = "final_only"
+
+    def plan(self, progress, W, measured):
+        return {}
+
+
+class Consensus(Schedule):
+    """Exchange while the measured consensus distance is above `target`.
+
+    Capped: never more than `max_every` rounds without an exchange, so a run
+    that reached the target is still kept from drifting apart for long.
+    """
+
+    name = "consensus"
+
+    def __init__(self, target: float = 0.0, max_every: int = 8):
+        _check(target >= 0, f"schedule.target={target} must be >= 0")
+        _check(max_every >= 1, f"schedule.max_every={max_every} must be >= 1")
+        self.target, self.max_every = target, max_every
+        self._last = 0
+
+    def plan(self, progress, W, measured):
+        far = measured.get("consensus", math.inf) > self.target
+        if far or progress.round - self._last >= self.max_every:
+            self._last = progress.round
+            return full_plan(W)
+        return {}
+
+    def state(self):
+        return {"last": self._last}
+
+    def load(self, state):
+        self._last = state["last"]
+
+
+class Event(Schedule):
+    """Event-triggered (SPARQ-style): agent j sends only if ‖x_j − x̂_j‖² > threshold.
+
+    x̂_j is j's state when it last sent; its neighbours then receive from it.
+    """
+
+    name = "event"
+    needs_drift = True
+
+    def __init__(self, threshold: float = 0.0):
+        _check(threshold >= 0, f"schedule.threshold={threshold} must be >= 0")
+        self.threshold = threshold
+
+    def plan(self, progress, W, measured):
+        drift = measured["drift"]
+        senders = {j for j, d in drift.items() if d > self.threshold}
+        return {i: [j for j in nbrs if j in senders] for i, nbrs in full_plan(W).items()}
+
+
+SCHEDULES: dict[str, type[Schedule]] = {
+    s.name: s for s in (Periodic, Late, Window, Ramp, FinalOnly, Consensus, Event)
+}
+
+
+class Ledger(Schedule):
+    """A budget wrapped around a schedule: spends at most `bytes` (or `exchanges` transfers) in all.
+
+    Transfers are granted in plan order (receivers by index) until the next one
+    would overspend; the rest of the plan is dropped. Planned and granted
+    counts are kept so records can show both.
+    """
+
+    def __init__(self, inner: Schedule, state_bytes: int, bytes: float | None = None, exchanges: int | None = None):
+        self.inner, self.state_bytes = inner, int(state_bytes)
+        self.name, self.needs_drift = inner.name, inner.needs_drift
+        self.bytes_limit = None if bytes is None else float(bytes)
+        self.exchange_limit = exchanges
+        if self.bytes_limit is not None and self.bytes_limit < self.state_bytes:
+            raise ValueError(
+                f"budget.bytes={bytes:g} is smaller than one exchange ({self.state_bytes} bytes): raise the budget"
+            )
+        if exchanges is not None and exchanges < 1:
+            raise ValueError(f"budget.exchanges={exchanges} must be >= 1")
+        self.spent_bytes = 0
+        self.spent_exchanges = 0
+        self.last_planned = 0
+
+    def remaining_transfers(self) -> float:
+        left = math.inf
+        if self.bytes_limit is not None:
+            left = (self.bytes_limit - self.spent_bytes) // self.state_bytes
+        if self.exchange_limit is not None:
+            left = min(left, self.exchange_limit - self.spent_exchanges)
+        return left
+
+    def plan(self, progress, W, measured):
+        wanted = self.inner.plan(progress, W, measured)
+        self.last_planned = plan_size(wanted)
+        left = self.remaining_transfers()
+        granted: Plan = {}
+        for i in sorted(wanted):
+            take = wanted[i][: int(max(0, min(left, len(wanted[i]))))]
+            if take:
+                granted[i] = take
+                left -= len(take)
+        n = plan_size(granted)
+        self.spent_exchanges += n
+        self.spent_bytes += n * self.state_bytes
+        return granted
+
+    def state(self):
+        return {"inner": self.inner.state(), "bytes": self.spent_bytes, "exchanges": self.spent_exchanges}
+
+    def load(self, state):
+        self.inner.load(state["inner"])
+        self.spent_bytes, self.spent_exchanges = state["bytes"], state["exchanges"]
+
+
+def build_schedule(name: str, **options) -> Schedule:
+    """The schedule called `name`; options it does not take are ignored (one schema serves all)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule={name} is unknown: use one of {', '.join(SCHEDULES)}")
+    cls = SCHEDULES[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    return cls(**{k: v for k, v in options.items() if k in accepted})
