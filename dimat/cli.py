@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dimat.config import Config, register
 
 register()
+# conf/ sits at the repository root, next to the package (an editable install or a checkout)
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _fail(message: str, out: Path | None) -> None:
@@ -33,7 +35,7 @@ def resumed_config(run_dir: str) -> DictConfig:
     return cfg
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from dimat.experiment import ConfigError, run
 

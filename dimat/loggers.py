@@ -60,6 +60,8 @@ class MlflowLogger(NoLogger):
 
         self.mlflow = mlflow
         if "MLFLOW_TRACKING_URI" not in os.environ:
+            # a plain local file store needs no database server; MLflow 3 asks for this opt-in
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
         mlflow.set_experiment("dimat")
         self.run = mlflow.start_run(run_name=run_dir.name)

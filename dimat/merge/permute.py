@@ -139,7 +139,7 @@ def activation_matching(
     def hook(side: int, name: str):
         def fn(_module, inputs, _output):
             x = inputs[0]
-            captured[(side, name)] = x.movedim(1, 0).reshape(x.shape[1], -1)
+            captured[(side, name)] = x.flatten(2) if x.dim() > 2 else x[:, :, None]  # [B, C, positions]
 
         return fn
 
@@ -157,8 +157,12 @@ def activation_matching(
             ref_model(xb)
             other_model(xb)
             for name in consumers:
-                a, b = captured[(0, name)].double(), captured[(1, name)].double()
-                upd = [a.sum(1), b.sum(1), (a * a).sum(1), (b * b).sum(1), a @ b.T, a.shape[1]]
+                a, b = captured[(0, name)], captured[(1, name)]
+                upd = [
+                    a.sum((0, 2), dtype=torch.float64), b.sum((0, 2), dtype=torch.float64),
+                    torch.einsum("bip,bip->i", a, a).double(), torch.einsum("bip,bip->i", b, b).double(),
+                    torch.einsum("bip,bjp->ij", a, b).double(), a.shape[0] * a.shape[2],
+                ]
                 stats[name] = upd if name not in stats else [x + y for x, y in zip(stats[name], upd)]
     finally:
         for h in handles:
