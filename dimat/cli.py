@@ -16,10 +16,18 @@ register()
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def _fail(message: str, out: Path | None) -> None:
+def _remove_empty(out: Path) -> None:
+    """Remove the (empty) folder Hydra made for this run, and its empty parents below the cwd."""
+    cwd = Path.cwd().resolve()
+    for d in [out.resolve(), *out.resolve().parents]:
+        if d == cwd or cwd not in d.parents or not d.is_dir() or any(d.iterdir()):
+            break
+        d.rmdir()
+
+
+def _fail(message: str, out: Path) -> None:
     """Bad input: one line on stderr, exit code 2, and no run folder left behind."""
-    if out is not None and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
+    _remove_empty(out)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -50,6 +58,6 @@ def main(cfg: DictConfig) -> float | None:
         result = run(cfg, resume=resume)
     except (ConfigError, FileNotFoundError) as e:
         _fail(str(e), out)
-    if resume and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()  # Hydra made a fresh folder we did not use
+    if resume:
+        _remove_empty(out)  # Hydra made a fresh folder that the resumed run does not use
     return result.summary.get("final_acc_mean")

@@ -28,7 +28,7 @@ from dimat.flat import FlatLayout
 from dimat.loggers import build_logger, check_logger
 from dimat.metrics import ByteLedger, RunWriter, accuracy, own_class_masks, read_metrics, write_atomic
 from dimat.progress import Display
-from dimat.runtime import build_backend
+from dimat.runtime import BACKENDS, build_backend
 from dimat.runtime.host import build_agent_model, save_atomic
 from dimat.schedule import Ledger, Progress, build_schedule, mixing_rows, plan_size
 
@@ -62,6 +62,9 @@ class Setup:
     topology: object | None
     steps_per_round: int
     centralized: bool
+    schedule: Ledger
+    state_bytes: int
+    spec: object | None  # the permutation spec, when a permutation merge is asked for
 
 
 def epochs_to_steps(epochs: float, parts: list[np.ndarray], batch_size: int) -> int:
@@ -82,6 +85,12 @@ def prepare(cfg: dict) -> Setup:
         raise ConfigError(f"rounds={c['rounds']} must be >= 1")
     if c["batch_size"] < 1:
         raise ConfigError(f"batch_size={c['batch_size']} must be >= 1")
+    if c["eval"]["every"] < 1:
+        raise ConfigError(f"eval.every={c['eval']['every']} must be >= 1")
+    if not c["local_steps"] and not c["local_epochs"] > 0:
+        raise ConfigError(f"local_epochs={c['local_epochs']} must be > 0 (or set local_steps)")
+    if c["backend"]["name"] not in BACKENDS:
+        raise ConfigError(f"backend={c['backend']['name']} is unknown: use one of {', '.join(BACKENDS)}")
     if c["init"] not in ("auto", "independent", "shared"):
         raise ConfigError(f"init={c['init']} is unknown: use auto, independent or shared")
     check_logger(c["logger"])
@@ -108,7 +117,19 @@ def prepare(cfg: dict) -> Setup:
         path=t["path"], max_tries=t["max_tries"], rows=t["rows"],
     )
     steps = c["local_steps"] or epochs_to_steps(c["local_epochs"], parts, c["batch_size"])
-    return Setup(c, dataset, parts, hist, topo, steps, algo == "centralized")
+    # one model on the driver: its state size prices an exchange, its spec must derive
+    model = build_agent_model(c, dataset, 0)
+    state_bytes = 4 * FlatLayout.of(model).size
+    spec = None
+    if algo == "dimat" and c["merge"]["method"] != "average":
+        from dimat.merge import PermutationSpec
+
+        spec = PermutationSpec.from_model(model, torch.from_numpy(dataset.x_train[:2].copy()))
+    schedule = Ledger(
+        build_schedule(**{k: v for k, v in c["schedule"].items() if k != "_target_"}, seed=c["seed"]),
+        state_bytes, bytes=c["budget"]["bytes"], exchanges=c["budget"]["exchanges"],
+    )
+    return Setup(c, dataset, parts, hist, topo, steps, algo == "centralized", schedule, state_bytes, spec)
 
 
 def run(cfg: DictConfig | dict, *, resume: bool = False) -> Result:
@@ -146,11 +167,8 @@ class Driver:
         self.c, self.s, self.backend, self.writer, self.display, self.logger, self.n = (
             c, s, backend, writer, display, logger, n
         )
-        self.state_bytes = int(backend.call_one(0, "state_nbytes"))
-        self.schedule = Ledger(
-            build_schedule(**{k: v for k, v in c["schedule"].items() if k != "_target_"}, seed=c["seed"]),
-            self.state_bytes, bytes=c["budget"]["bytes"], exchanges=c["budget"]["exchanges"],
-        )
+        self.state_bytes = s.state_bytes
+        self.schedule = s.schedule
         self.ledger = ByteLedger(n)
         self.test_counts = np.bincount(s.dataset.y_test, minlength=s.dataset.num_classes)
         self.own = own_class_masks(s.hist) if not s.centralized else np.ones((1, s.dataset.num_classes), bool)
@@ -304,14 +322,8 @@ def _final_merge(c, s, backend, n, test_counts, state_bytes) -> dict:
     """All agents into one model (aligned when the run used permutation merges), BN pooled, evaluated."""
     t0 = time.perf_counter()
     states = [v for _, v in sorted(_merge_dicts(backend.call("states")).items())]
-    model = build_agent_model(c, s.dataset, 0)
-    layout = FlatLayout.of(model)
-    spec = None
-    if c["algorithm"]["name"] == "dimat" and c["merge"]["method"] != "average":
-        from dimat.merge import PermutationSpec
-
-        spec = PermutationSpec.from_model(model, torch.from_numpy(s.dataset.x_train[:2].copy()))
-    merged = global_average(states, layout, spec)
+    layout = FlatLayout.of(build_agent_model(c, s.dataset, 0))
+    merged = global_average(states, layout, s.spec)
     keys = bn_keys(layout)
     if keys:
         per_shard = [x for h in backend.call("bn_stats", merged, keys) for x in h]

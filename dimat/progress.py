@@ -90,5 +90,5 @@ class Display:
         self.console.print(t)
         s = Table(title="summary", show_header=False)
         for k, v in summary.items():
-            s.add_row(k, _pct(v) if k.startswith("final_acc") else (_bytes(v) if k.startswith("bytes") else str(v)))
+            s.add_row(k, _pct(v) if k.startswith("final_acc") else _bytes(v) if k.startswith("bytes") else f"{v:.3g}" if isinstance(v, float) else str(v))
         self.console.print(s)

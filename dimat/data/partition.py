@@ -1,7 +1,8 @@
 """Partitioners: how the training set is split among agents (iid, classes, dirichlet, shards).
 
-Every partitioner returns disjoint, sorted int64 index arrays, one per agent,
-and is deterministic for a seed. None loops without bound.
+Every partitioner returns disjoint, sorted int64 index arrays, one per agent, and is
+deterministic for a seed. ``classes``, ``dirichlet`` and ``shards`` cover every sample;
+``iid`` drops the per-class remainders. None loops without bound.
 """
 
 from __future__ import annotations
@@ -10,65 +11,67 @@ import numpy as np
 
 PARTITIONS: tuple[str, ...] = ("iid", "classes", "dirichlet", "shards")
 
+_Parts = list[list[np.ndarray]]  # per agent, the chunks it was dealt
+
 
 class PartitionError(ValueError):
     """A split that cannot be made; the one-line message names the setting and the fix."""
 
 
 def _by_class(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled sample indices of each class 0..max(label)."""
     return [rng.permutation(np.flatnonzero(labels == c)) for c in range(int(labels.max()) + 1)]
 
 
-def iid(labels: np.ndarray, n: int, rng: np.random.Generator) -> list[list[np.ndarray]]:
+def _iid(labels: np.ndarray, n: int, rng: np.random.Generator) -> _Parts:
     """floor(|class c| / N) samples of every class per agent (DIMAT's protocol); leftovers dropped."""
-    parts: list[list[np.ndarray]] = [[] for _ in range(n)]
+    parts: _Parts = [[] for _ in range(n)]
     for idx in _by_class(labels, rng):
         k = len(idx) // n
         for a in range(n):
             parts[a].append(idx[a * k : (a + 1) * k])
-    if any(sum(map(len, p)) == 0 for p in parts):  # too little data for per-class shares
+    if any(sum(map(len, p)) == 0 for p in parts):  # every class smaller than N: no per-class share
         order = rng.permutation(len(labels))
         return [[order[a::n]] for a in range(n)]
     return parts
 
 
-def classes(labels: np.ndarray, n: int, rng: np.random.Generator) -> list[list[np.ndarray]]:
-    """Disjoint classes. Agent a takes class c when c ≡ a (mod N) (N ≤ C); with N > C agent a takes
-    class a mod C, and the agents holding the same class split its samples evenly."""
+def _classes(labels: np.ndarray, n: int, rng: np.random.Generator) -> _Parts:
+    """Disjoint classes. N <= C: agent a takes every class c with c mod N == a. N > C: agent a
+    takes class a mod C, and the agents {c, c+C, c+2C, ...} split class c's samples evenly."""
     by_class = _by_class(labels, rng)
     C = len(by_class)
-    parts: list[list[np.ndarray]] = [[] for _ in range(n)]
-    if n <= C:
-        for c, idx in enumerate(by_class):
-            parts[c % n].append(idx)
-        return parts
+    parts: _Parts = [[] for _ in range(n)]
     for c, idx in enumerate(by_class):
-        holders = [a for a in range(n) if a % C == c]
+        holders = [c % n] if n <= C else list(range(c, n, C))
         for a, chunk in zip(holders, np.array_split(idx, len(holders))):
             parts[a].append(chunk)
     return parts
 
 
-def dirichlet(labels: np.ndarray, n: int, rng: np.random.Generator, alpha: float, min_samples: int):
-    """Per class, agent shares ~ Dir(alpha). `min_samples` per agent are reserved first (uniformly at
-    random), so the guarantee holds without resampling; the rest follows the Dirichlet shares."""
+def _dirichlet(labels: np.ndarray, n: int, rng: np.random.Generator, alpha: float, min_samples: int) -> _Parts:
+    """Per class, agent shares ~ Dir(alpha). ``min_samples`` per agent are reserved first (uniformly
+    at random), so the guarantee holds without any resampling; the rest follows the shares."""
     order = rng.permutation(len(labels))
     reserved, rest = order[: n * min_samples], order[n * min_samples :]
-    parts: list[list[np.ndarray]] = [[reserved[a * min_samples : (a + 1) * min_samples]] for a in range(n)]
+    parts: _Parts = [[reserved[a * min_samples : (a + 1) * min_samples]] for a in range(n)]
     for c in range(int(labels.max()) + 1):
         idx = rest[labels[rest] == c]
         if len(idx) == 0:
             continue
         shares = rng.dirichlet(np.full(n, alpha))
-        cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+        if not np.isfinite(shares).all() or shares.sum() <= 0:  # all gammas underflowed at tiny alpha
+            shares = np.eye(n)[rng.integers(n)]
+        cuts = np.round(np.cumsum(shares)[:-1] * len(idx)).astype(int)
         for a, chunk in enumerate(np.split(idx, cuts)):
             parts[a].append(chunk)
     return parts
 
 
-def shards(labels: np.ndarray, n: int, rng: np.random.Generator, per_agent: int):
-    """Label-sorted data cut into N·k equal shards; each agent gets k random shards."""
-    order = np.argsort(labels, kind="stable")
+def _shards(labels: np.ndarray, n: int, rng: np.random.Generator, per_agent: int) -> _Parts:
+    """Label-sorted data (random order within a class) cut into N*k equal shards; k random shards each."""
+    perm = rng.permutation(len(labels))
+    order = perm[np.argsort(labels[perm], kind="stable")]
     pieces = np.array_split(order, n * per_agent)
     deal = rng.permutation(n * per_agent)
     return [[pieces[s] for s in deal[a * per_agent : (a + 1) * per_agent]] for a in range(n)]
@@ -76,35 +79,57 @@ def shards(labels: np.ndarray, n: int, rng: np.random.Generator, per_agent: int)
 
 def partition(labels: np.ndarray, n_agents: int, method: str = "iid", *, alpha: float = 0.5,
               min_samples: int = 10, shards_per_agent: int = 2, seed: int = 0) -> list[np.ndarray]:
-    """Split sample indices among `n_agents` agents with `method` (see module docstring)."""
-    labels = np.asarray(labels)
+    """Split the indices of ``labels`` among ``n_agents`` agents with ``method`` (one of :data:`PARTITIONS`).
+
+    ``alpha`` and ``min_samples`` apply to ``dirichlet``, ``shards_per_agent`` to ``shards``.
+    Returns one sorted int64 index array per agent; raises :class:`PartitionError` when the
+    split cannot be made (including when some agent would get no data).
+    """
+    labels = np.asarray(labels).reshape(-1)
+    n = len(labels)
     if method not in PARTITIONS:
         raise PartitionError(f"partition={method} is unknown: use one of {', '.join(PARTITIONS)}")
     if n_agents < 1:
         raise PartitionError(f"agents={n_agents} must be >= 1")
-    if n_agents > len(labels):
-        raise PartitionError(
-            f"agents={n_agents} but the dataset has {len(labels)} training samples: use fewer agents or more data"
-        )
+    if n_agents > n:
+        raise PartitionError(f"agents={n_agents} but the dataset has {n} training samples: "
+                             "use fewer agents or more data")
     rng = np.random.default_rng(seed)
     if method == "iid":
-        parts = iid(labels, n_agents, rng)
+        parts = _iid(labels, n_agents, rng)
     elif method == "classes":
-        parts = classes(labels, n_agents, rng)
+        parts = _classes(labels, n_agents, rng)
     elif method == "dirichlet":
         if not alpha > 0:
             raise PartitionError(f"partition.alpha={alpha} must be > 0 (small: skewed, large: near IID)")
-        parts = dirichlet(labels, n_agents, rng, alpha, min(min_samples, len(labels) // n_agents))
+        if min_samples < 0 or min_samples * n_agents > n:
+            raise PartitionError(f"partition.min_samples={min_samples} with agents={n_agents} needs "
+                                 f"{min_samples * n_agents} samples but the dataset has {n}: lower it")
+        parts = _dirichlet(labels, n_agents, rng, alpha, min_samples)
     else:
-        if shards_per_agent < 1 or n_agents * shards_per_agent > len(labels):
-            raise PartitionError(
-                f"partition.shards_per_agent={shards_per_agent} with agents={n_agents} needs "
-                f"{n_agents * shards_per_agent} shards but there are {len(labels)} samples: lower it"
-            )
-        parts = shards(labels, n_agents, rng, shards_per_agent)
-    return [np.sort(np.concatenate(p)).astype(np.int64) if p else np.empty(0, np.int64) for p in parts]
+        if shards_per_agent < 1 or n_agents * shards_per_agent > n:
+            raise PartitionError(f"partition.shards_per_agent={shards_per_agent} with agents={n_agents} needs "
+                                 f"{n_agents * shards_per_agent} shards but the dataset has {n} samples: lower it")
+        parts = _shards(labels, n_agents, rng, shards_per_agent)
+    out = [np.sort(np.concatenate(p)).astype(np.int64) if p else np.empty(0, np.int64) for p in parts]
+    empty = [a for a, p in enumerate(out) if len(p) == 0]
+    if empty:  # e.g. classes with more agents than a class has samples
+        raise PartitionError(f"partition={method} leaves agents {empty[:5]} without samples: "
+                             "use fewer agents, more data or another partition")
+    return out
 
 
 def class_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
-    """[agents, classes] sample counts."""
+    """``[agents, classes]`` sample counts (int64)."""
+    labels = np.asarray(labels)
     return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts]).astype(np.int64)
+
+
+def own_classes(hist_row: np.ndarray) -> np.ndarray:
+    """Bool mask of the classes an agent really holds: at least half of a uniform share
+    (count >= 0.5 * total / num_classes). An agent with no samples owns none."""
+    hist_row = np.asarray(hist_row)
+    total = hist_row.sum()
+    if total == 0:
+        return np.zeros(hist_row.shape, bool)
+    return hist_row >= 0.5 * total / len(hist_row)

@@ -178,9 +178,6 @@ class AgentHost:
             out[i] = float(diff @ diff)
         return out
 
-    def state_nbytes(self) -> int:
-        return int(next(iter(self.agents.values())).state().nbytes)
-
     def save(self, folder: str) -> None:
         """Write each hosted agent's snapshot to `folder/agent_<i>.pt` (temporary name, then rename)."""
         for i, a in self.agents.items():
