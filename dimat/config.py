@@ -123,6 +123,7 @@ class RunConf:
     dir: str | None = None  # null: Hydra's output folder
     checkpoint_every: int = 5  # rounds between checkpoints (and one at the end); 0: none
     progress: bool = True
+    on_failure: str = "restart"  # restart: new actor, reload the last checkpoint, replay | stop
 
 
 @dataclass

@@ -29,6 +29,7 @@ from dimat.loggers import build_logger, check_logger
 from dimat.metrics import ByteLedger, RunWriter, accuracy, own_class_masks, read_metrics, write_atomic
 from dimat.progress import Display
 from dimat.runtime import BACKENDS, build_backend
+from dimat.runtime.base import HostFailure
 from dimat.runtime.host import build_agent_model, save_atomic
 from dimat.schedule import Ledger, Progress, build_schedule, mixing_rows, plan_size
 
@@ -91,6 +92,8 @@ def prepare(cfg: dict) -> Setup:
         raise ConfigError(f"local_epochs={c['local_epochs']} must be > 0 (or set local_steps)")
     if c["backend"]["name"] not in BACKENDS:
         raise ConfigError(f"backend={c['backend']['name']} is unknown: use one of {', '.join(BACKENDS)}")
+    if c["run"]["on_failure"] not in ("restart", "stop"):
+        raise ConfigError(f"run.on_failure={c['run']['on_failure']} is unknown: use restart or stop")
     if c["init"] not in ("auto", "independent", "shared"):
         raise ConfigError(f"init={c['init']} is unknown: use auto, independent or shared")
     check_logger(c["logger"])
@@ -178,21 +181,29 @@ class Driver:
 
     def run(self, resume: bool) -> Result:
         c, R = self.c, self.c["rounds"]
-        start = self.restore() if resume else 0
-        if start == 0:
+        start = self.restore() if resume else None
+        if start is None:
+            start = 0
             self.writer.metrics_path.unlink(missing_ok=True)
-            self.records = []
             if c["pretrain_epochs"] and c["init"] == "independent":
                 self.backend.call("train", epochs_to_steps(c["pretrain_epochs"], self.s.parts, c["batch_size"]))
+            if c["run"]["checkpoint_every"]:
+                self.checkpoint(0)  # what a failed host is restored from before the first periodic checkpoint
         self.display.begin(R, start)
-        every = c["run"]["checkpoint_every"]
-        for r in range(start + 1, R + 1):
-            self.round(r)
-            if every and (r % every == 0 or r == R):
-                self.checkpoint(r)
+        every, r, restarts = c["run"]["checkpoint_every"], start + 1, 0
+        while r <= R:
+            try:
+                self.round(r)
+                if every and (r % every == 0 or r == R):
+                    self.checkpoint(r)
+                r += 1
+            except HostFailure as failure:
+                r = self.recover(failure, r) + 1
+                restarts += 1
         summary = _summarize(self.c, self.ledger, self.records)
         if c["final_merge"] and self.communicates:
             summary.update(_final_merge(c, self.s, self.backend, self.n, self.test_counts, self.state_bytes))
+        summary["host_restarts"] = restarts
         summary["wall_s"] = time.perf_counter() - self.t_start
         self.writer.write_json("summary.json", summary)
         self.logger.summary(summary)
@@ -249,12 +260,24 @@ class Driver:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
 
-    def restore(self) -> int:
-        """Load the last complete checkpoint; returns its round (0 if there is none)."""
+    def recover(self, failure: HostFailure, r: int) -> int:
+        """A host died in round r: restart it, roll every agent back to the last checkpoint, replay."""
+        if self.c["run"]["on_failure"] != "restart" or not self.c["run"]["checkpoint_every"]:
+            raise failure
+        self.display.print(f"[yellow]{failure} in round {r}: restarting it from the last checkpoint[/]")
+        self.backend.restart(failure.host)
+        back = self.restore()
+        if back is None:
+            raise failure
+        self.writer.append({"round": back, "event": "host_restart", "host": failure.host, "failed_round": r})
+        return back
+
+    def restore(self) -> int | None:
+        """Load the last complete checkpoint; returns its round (None if there is none)."""
         run_dir = self.writer.dir
         folder = next((f for f in (run_dir / "checkpoint", run_dir / "checkpoint.old") if (f / "driver.pt").exists()), None)
         if folder is None:
-            return 0
+            return None
         driver = torch.load(folder / "driver.pt", weights_only=True)
         self.backend.call("restore", str(folder))
         self.schedule.load(driver["schedule"])
@@ -262,8 +285,10 @@ class Driver:
         self.t_start = time.perf_counter() - driver["wall_s"]
         r = driver["round"]
         # records after the checkpoint are replayed: drop them from the file
-        self.records = [rec for rec in read_metrics(run_dir) if rec["round"] <= r] if self.writer.metrics_path.exists() else []
-        write_atomic(self.writer.metrics_path, "".join(json.dumps(rec) + "\n" for rec in self.records))
+        old = read_metrics(run_dir) if self.writer.metrics_path.exists() else []
+        self.records = [rec for rec in old if rec["round"] <= r and "event" not in rec]
+        kept = [rec for rec in old if rec["round"] <= r]  # events up to the checkpoint stay on file
+        write_atomic(self.writer.metrics_path, "".join(json.dumps(rec) + "\n" for rec in kept))
         return r
 
 

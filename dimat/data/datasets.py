@@ -28,8 +28,8 @@ _CIFAR = {  # name -> (folder inside root, train files, test files, label key)
 }
 _HINTS = {
     "fashion_mnist": "install it with `apt-get install dataset-fashion-mnist` or set data.root=DIR holding the IDX files",
-    "mnist": "download the 4 IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from the MNIST site into data.root=DIR",
+    "mnist": "download the 4 IDX .gz files from the MNIST site (http://yann.lecun.com/exdb/mnist/) "
+    "into DIR and set data.root=DIR",
     "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
     "extract it and set data.root=DIR",
     "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
@@ -136,7 +136,7 @@ def _candidates(name: str, root: str | None, sub: str | None) -> list[Path]:
             dirs.append(r / _TV_DIRS[name] / "raw")
     else:
         dirs = [Path("/usr/share/datasets/fashion-mnist")] if name == "fashion_mnist" else []
-        dirs += [Path.home() / ".cache" / "dimat" / name, Path("data") / name]
+        dirs += [Path.home() / ".cache" / "dimat" / name, Path.cwd() / "data" / name]
     if sub is not None:
         dirs = [p for d in dirs for p in (d, d / sub)]
     return dirs

@@ -12,6 +12,14 @@ def assign_agents(n_agents: int, n_hosts: int) -> list[list[int]]:
     return [list(range(bounds[h], bounds[h + 1])) for h in range(n_hosts)]
 
 
+class HostFailure(RuntimeError):
+    """An agent host died or stopped answering; `host` is its index."""
+
+    def __init__(self, host: int, what: str):
+        super().__init__(f"agent host {host} {what}")
+        self.host = host
+
+
 class Backend:
     """Hosts agents; `groups[h]` lists the agents living on host h."""
 
@@ -26,6 +34,9 @@ class Backend:
 
     def call_one(self, host: int, method: str, *args: Any) -> Any:
         raise NotImplementedError
+
+    def restart(self, host: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot restart a host")
 
     def shutdown(self) -> None:
         pass

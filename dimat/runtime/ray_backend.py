@@ -17,7 +17,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from dimat.runtime.base import Backend, assign_agents
+from dimat.runtime.base import Backend, HostFailure, assign_agents
 from dimat.runtime.host import AgentHost
 
 
@@ -58,36 +58,42 @@ class RayBackend(Backend):
         ray.get(self.pg.ready(), timeout=self.timeout_s)
         data_ref = ray.put(dataset)
         remote_host = ray.remote(AgentHost)
-        self.hosts = [
-            remote_host.options(
+
+        def start(h: int):
+            return remote_host.options(
                 num_cpus=cpus_each,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=h),
-            ).remote(
-                cfg,
-                data_ref,
-                {i: parts[i] for i in g},
-                transport="ray",
-                threads=threads,
-                timeout_s=self.timeout_s,
-            )
-            for h, g in enumerate(self.groups)
-        ]
+            ).remote(cfg, data_ref, {i: parts[i] for i in self.groups[h]}, transport="ray", threads=threads,
+                     timeout_s=self.timeout_s)
+
+        self._start = start
+        self.hosts = [start(h) for h in range(len(self.groups))]
         self.call("ping")
 
-    def _get(self, refs: list) -> list[Any]:
-        try:
-            return ray.get(refs, timeout=self.timeout_s)
-        except ray.exceptions.GetTimeoutError as e:
-            raise RuntimeError(
-                f"an agent host did not answer within backend.timeout_s={self.timeout_s:g}s "
-                "(overloaded machine or a hung actor): raise backend.timeout_s or use fewer agents per actor"
-            ) from e
+    def restart(self, host: int) -> None:
+        """A fresh actor for a dead host's agents (their state comes back from a checkpoint)."""
+        ray.kill(self.hosts[host])
+        self.hosts[host] = self._start(host)
+        self.call_one(host, "ping")
+
+    def _get(self, refs: list, hosts: list[int]) -> list[Any]:
+        """Results in order; a dead or hung actor becomes HostFailure naming its host."""
+        out = []
+        for ref, h in zip(refs, hosts):
+            try:
+                out.append(ray.get(ref, timeout=self.timeout_s))
+            except ray.exceptions.GetTimeoutError as e:
+                raise HostFailure(h, f"did not answer within backend.timeout_s={self.timeout_s:g}s") from e
+            except ray.exceptions.RayActorError as e:
+                raise HostFailure(h, "died") from e
+        return out
 
     def call_each(self, method: str, args: Sequence[tuple]) -> list[Any]:
-        return self._get([getattr(h, method).remote(*a) for h, a in zip(self.hosts, args)])
+        refs = [getattr(h, method).remote(*a) for h, a in zip(self.hosts, args)]
+        return self._get(refs, list(range(len(refs))))
 
     def call_one(self, host: int, method: str, *args: Any) -> Any:
-        return self._get([getattr(self.hosts[host], method).remote(*args)])[0]
+        return self._get([getattr(self.hosts[host], method).remote(*args)], [host])[0]
 
     def shutdown(self) -> None:
         for h in self.hosts:

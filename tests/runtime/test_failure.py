@@ -1,0 +1,48 @@
+"""A killed agent-host actor is restarted from the last checkpoint and the run replays to the same result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+
+from dimat import experiment
+from dimat.experiment import run
+from dimat.metrics import read_metrics
+
+COMMON = ("algorithm=dsgd", "backend=ray", "backend.num_cpus=2", "backend.agents_per_actor=2", "rounds=4",
+          "run.checkpoint_every=2")
+
+
+def test_a_killed_actor_is_restarted_and_the_run_replays(tiny, tmp_path, monkeypatch):
+    clean = run(tiny(*COMMON, f"run.dir={tmp_path}/clean"))
+    real_round, killed = experiment.Driver.round, []
+
+    def kill_in_round_3(self, r):
+        if r == 3 and not killed:
+            ray.kill(self.backend.hosts[1])  # the process hosting agents 2 and 3 dies
+            killed.append(r)
+        real_round(self, r)
+
+    monkeypatch.setattr(experiment.Driver, "round", kill_in_round_3)
+    res = run(tiny(*COMMON, f"run.dir={tmp_path}/killed"))
+    assert killed == [3] and res.summary["host_restarts"] == 1
+    events = [r for r in read_metrics(res.run_dir) if "event" in r]
+    assert events == [{"round": 2, "event": "host_restart", "host": 1, "failed_round": 3}]
+    assert [r["round"] for r in res.records] == [1, 2, 3, 4]
+    for a, b in zip(clean.records, res.records):
+        np.testing.assert_allclose(a["acc"], b["acc"], atol=1e-6)
+        assert a["bytes_total"] == b["bytes_total"]
+
+
+def test_on_failure_stop_raises(tiny, monkeypatch):
+    real_round = experiment.Driver.round
+
+    def kill(self, r):
+        if r == 2:
+            ray.kill(self.backend.hosts[0])
+        real_round(self, r)
+
+    monkeypatch.setattr(experiment.Driver, "round", kill)
+    with pytest.raises(experiment.HostFailure, match="agent host 0 died"):
+        run(tiny(*COMMON, "run.on_failure=stop"))
