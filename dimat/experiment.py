@@ -226,7 +226,9 @@ class Driver:
         if due and self.communicates and c["eval"]["before_merge"]:
             rec["acc_before_merge"] = float(np.mean(_agent_acc(backend, self.test_counts)))
         plan = self.schedule.plan(progress, W, measured) if self.communicates else {}
+        t_exchange = time.perf_counter()
         round_bytes, merge_s = _exchange(backend, mixing_rows(W, plan), self.ledger)
+        rec["exchange_s"] = time.perf_counter() - t_exchange
         if not due:
             return
         rec.update(_measure(backend, n, self.test_counts, self.own))

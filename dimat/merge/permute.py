@@ -170,11 +170,23 @@ def activation_matching(
         ref_model.train(modes[0])
         other_model.train(modes[1])
     perm = {}
+    ref_sd, oth_sd = ref_model.state_dict(), other_model.state_dict()
     for g, mods in spec.consumers.items():
         corr = sum(_correlation(*stats[m], eps=eps) for m in mods)
+        # dead or constant units correlate with nothing: their weights break the tie
+        corr = corr + 1e-3 * _weight_similarity(spec, g, ref_sd, oth_sd)
         _, cols = linear_sum_assignment(corr.numpy(), maximize=True)
         perm[g] = torch.as_tensor(cols, dtype=torch.long)
     return perm
+
+
+def _weight_similarity(spec: PermutationSpec, g: str, ref: dict, other: dict) -> torch.Tensor:
+    """Cosine similarity of the units' weights (all tensors of the group, other axes unpermuted)."""
+    n = spec.sizes[g]
+    pairs = [(k, ax) for k, ax in spec.groups[g] if not _is_stat(k)]
+    a = torch.cat([ref[k].detach().float().movedim(ax, 0).reshape(n, -1) for k, ax in pairs], 1)
+    b = torch.cat([other[k].detach().float().movedim(ax, 0).reshape(n, -1) for k, ax in pairs], 1)
+    return (torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).T).double()
 
 
 def _correlation(sa, sb, saa, sbb, sab, n, *, eps: float) -> torch.Tensor:
@@ -255,18 +267,26 @@ def align_many(
 
 @torch.no_grad()
 def reset_bn(model: nn.Module, data: torch.Tensor | None, *, batch_size: int = 256) -> None:
-    """Re-estimate BatchNorm running statistics: reset, then one pass in train mode (cumulative average)."""
+    """Re-estimate BatchNorm running statistics: reset, then one pass in train mode.
+
+    Each batch is weighted by its size (momentum b / (seen + b)), so the result is
+    the sample-weighted average of the batch statistics, whatever the last batch's size.
+    """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns or data is None or len(data) == 0:
         return
     training, momenta = model.training, [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None
     model.train()
     try:
+        seen = 0
         for s in range(0, len(data), batch_size):
-            model(data[s : s + batch_size])
+            xb = data[s : s + batch_size]
+            for m in bns:
+                m.momentum = len(xb) / (seen + len(xb))
+            model(xb)
+            seen += len(xb)
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom

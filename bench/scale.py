@@ -1,0 +1,140 @@
+"""Many agents on one machine: cost against centralized training of the same sample passes.
+
+    .venv/bin/python bench/scale.py [--train-samples 12000] [--rounds 3] [--only overhead,many,exchange]
+
+Four measurements (issue targets in brackets), each run side by side with its
+centralized reference in this process:
+1. overhead: 8 agents, fashion_mnist, cnn, one exchange per local epoch, ray backend:
+   dsgd [≤ 1.25× centralized] and dimat with activation matching [≤ 1.5×];
+2. many: 64 agents (cnn) and 256 agents (mlp), ring and torus: time per round [≤ 1.5×], peak memory [≤ 8 GiB];
+3. exchange: a ring of 16 agents with a ~1M-parameter model: exchange time per round beyond merge arithmetic [≤ 50 ms];
+4. memory per agent: extra peak memory per added agent [≤ 3× model + optimizer state].
+Peak memory is the OS's resident set of this process and all its descendants (Ray workers), sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from _common import compose_cfg, run
+
+
+def tree_rss(root: int) -> int:
+    """Summed resident memory (bytes) of `root` and all its descendants, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)  # fields[1] is the parent pid
+        rss[pid] = int(fields[21]) * page
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process tree every 50 ms."""
+
+    def __enter__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+        return self
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(os.getpid()))
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def measure(overrides: list[str], tmp: str) -> dict:
+    cfg = compose_cfg([*overrides, f"run.dir={tmp}/{time.monotonic_ns()}", "run.progress=false",
+                       "run.checkpoint_every=0", "final_merge=false", "eval.before_merge=false"])
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        res = run(cfg)
+        wall = time.perf_counter() - t0
+    recs = res.records
+    rounds = len(recs)
+    return {
+        "wall": wall, "peak_gib": mem.peak / 2**30, "acc": res.summary["final_acc_mean"],
+        "round_s": (recs[-1]["wall_s"]) / max(1, rounds),
+        "exchange_s": sum(r.get("exchange_s", 0) for r in recs) / rounds,
+        "merge_s": sum(r.get("merge_s", 0) for r in recs) / rounds,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train-samples", type=int, default=12000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="overhead,many,exchange")
+    a = ap.parse_args()
+    only = set(a.only.split(","))
+    base = ["data=fashion_mnist", f"data.train_samples={a.train_samples}", f"rounds={a.rounds}", "partition=iid",
+            "backend=ray", "backend.num_cpus=2", f"eval.every={a.rounds}", "eval.max_samples=2000"]
+    rows = []
+    t = Table(title=f"bench/scale.py · fashion_mnist {a.train_samples} train samples · {a.rounds} rounds · 2 cores")
+    for col in ("configuration", "dimat s", "centralized s", "ratio", "peak GiB", "note"):
+        t.add_column(col, justify="right")
+    with tempfile.TemporaryDirectory() as tmp:
+        def pair(label, overrides, central_overrides, per_round=False, note=""):
+            m = measure(overrides, tmp)
+            c = measure(central_overrides, tmp)
+            key = "round_s" if per_round else "wall"
+            ratio = m[key] / c[key]
+            t.add_row(label, f"{m[key]:.1f}", f"{c[key]:.1f}", f"{ratio:.2f}", f"{m['peak_gib']:.2f}", note)
+            rows.append({"label": label, "run": m, "centralized": c, "ratio": ratio})
+            return m
+
+        if "overhead" in only:
+            common = [*base, "model=cnn", "agents=8", "topology=ring"]
+            central = [*common, "algorithm=centralized", "backend=inprocess"]
+            pair("8 agents cnn dsgd (total wall)", [*common, "algorithm=dsgd"], central, note="target ≤ 1.25")
+            pair("8 agents cnn dimat activation", [*common, "algorithm=dimat", "merge=activation", "init=shared"],
+                 central, note="target ≤ 1.5")
+        if "many" in only:
+            for model, n in (("cnn", 64), ("mlp", 256)):
+                for topo in ("ring", "torus"):
+                    common = [*base, f"model={model}", f"agents={n}", f"topology={topo}", "batch_size=16"]
+                    pair(f"{n} agents {model} {topo} dsgd (per round)", [*common, "algorithm=dsgd"],
+                         [*common, "algorithm=centralized", "backend=inprocess"], per_round=True,
+                         note="target ≤ 1.5, ≤ 8 GiB")
+        if "exchange" in only:
+            common = [*base, "model=mlp", "model.hidden=[640,640]", "agents=16", "topology=ring", "local_steps=1",
+                      "algorithm=dsgd"]
+            m = measure(common, tmp)
+            hosts = 2
+            over = m["exchange_s"] - m["merge_s"] / hosts
+            t.add_row("16-agent ring, 0.92M params: exchange/round", f"{1000 * m['exchange_s']:.0f} ms", "",
+                      "", f"{m['peak_gib']:.2f}", f"beyond merge math: {1000 * over:.0f} ms (target ≤ 50)")
+            rows.append({"label": "exchange", "run": m, "overhead_ms": 1000 * over})
+    Console().print(t)
+    print(json.dumps(rows, indent=1, default=float)[:4000])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The permutation library: derived specs are right, matching recovers planted permutations, merges help."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dimat.merge import (
+    PermutationSpec, SpecError, activation_matching, align, align_many, apply_permutation, check_spec, merge,
+    random_permutation, reset_bn, weight_matching,
+)
+from dimat.models import build_model
+
+CASES = [
+    ("mlp", {}, (1, 8, 8)), ("cnn", {}, (1, 8, 8)), ("cnn", {"norm": "ln"}, (1, 8, 8)),
+    ("cnn", {"norm": "gn"}, (1, 8, 8)), ("vgg11", {}, (3, 32, 32)), ("vgg16", {}, (3, 32, 32)),
+    ("vgg16", {"norm": "none"}, (1, 28, 28)), ("resnet20", {}, (3, 32, 32)), ("resnet20", {"width": 2}, (3, 32, 32)),
+]
+
+
+def model_and_spec(name, kw, shape, seed=0):
+    torch.manual_seed(seed)
+    m = build_model(name, shape, 10, **kw)
+    return m, PermutationSpec.from_model(m, torch.randn(4, *shape))
+
+
+def permuted_copy(model, spec, seed=1):
+    other = copy.deepcopy(model)
+    perm = random_permutation(spec, seed)
+    other.load_state_dict(apply_permutation(spec, perm, model.state_dict()))
+    return other, perm
+
+
+def randomise_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("name,kw,shape", CASES)
+def test_a_permuted_copy_computes_the_same_function(name, kw, shape):
+    m, spec = model_and_spec(name, kw, shape)
+    randomise_bn(m)
+    other, _ = permuted_copy(m, spec)
+    m.eval(), other.eval()
+    x = torch.randn(8, *shape)
+    assert spec.groups, "no permutable groups found"
+    assert torch.allclose(m(x), other(x), atol=1e-4)
+    assert not torch.equal(m.state_dict()[spec.groups["P0"][0][0]], other.state_dict()[spec.groups["P0"][0][0]])
+
+
+def test_batchnorm_statistics_are_permuted_but_not_the_counter():
+    m, spec = model_and_spec("resnet20", {}, (3, 32, 32))
+    keys = {k for pairs in spec.groups.values() for k, _ in pairs}
+    assert any(k.endswith("running_mean") for k in keys) and any(k.endswith("running_var") for k in keys)
+    assert not any(k.endswith("num_batches_tracked") for k in keys)
+
+
+def test_resnet20_has_its_12_groups():
+    _, spec = model_and_spec("resnet20", {}, (3, 32, 32))
+    assert len(spec.groups) == 12  # 3 residual streams + 9 inner block channels
+    residual = [g for g, pairs in spec.groups.items() if sum(k.endswith("conv1.weight") and ax == 1 for k, ax in pairs) >= 2]
+    assert len(residual) == 3
+
+
+@pytest.mark.parametrize("name,kw,shape,restarts", [
+    ("mlp", {}, (1, 8, 8), 0), ("vgg16", {}, (3, 32, 32), 0), ("resnet20", {}, (3, 32, 32), 2),
+])
+def test_weight_matching_recovers_a_planted_permutation(name, kw, shape, restarts):
+    m, spec = model_and_spec(name, kw, shape)
+    randomise_bn(m)
+    other, _ = permuted_copy(m, spec, seed=3)
+    perm, info = weight_matching(spec, m.state_dict(), other.state_dict(), restarts=restarts)
+    aligned = apply_permutation(spec, perm, other.state_dict())
+    for k, v in m.state_dict().items():
+        assert torch.equal(aligned[k], v), k
+    assert info["sweeps"] >= 1
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", (1, 8, 8)), ("cnn", (1, 8, 8))])
+def test_activation_matching_recovers_a_planted_permutation(name, shape):
+    m, spec = model_and_spec(name, {}, shape)
+    data = torch.randn(512, *shape)
+    reset_bn(m, data)
+    other, _ = permuted_copy(m, spec, seed=4)
+    perm = activation_matching(spec, m, other, data)
+    aligned = apply_permutation(spec, perm, other.state_dict())
+    for k, v in m.state_dict().items():
+        assert torch.allclose(aligned[k].float(), v.float()), k
+
+
+@pytest.mark.parametrize("weights", [[0.5, 0.5], [0.2, 0.3, 0.5]])
+def test_merging_with_aligned_permuted_copies_of_itself_is_the_identity(weights):
+    m, spec = model_and_spec("resnet20", {}, (3, 32, 32))
+    randomise_bn(m)
+    others = [permuted_copy(m, spec, seed=s)[0].state_dict() for s in range(1, len(weights))]
+    aligned, _ = align(m.state_dict(), others, spec, method="weight", restarts=2)
+    merged = copy.deepcopy(m)
+    merged.load_state_dict(merge([m.state_dict(), *aligned], weights))
+    x = torch.randn(4, 3, 32, 32)
+    m.eval(), merged.eval()
+    assert torch.allclose(m(x), merged(x), atol=1e-4)
+
+
+def test_align_many_brings_permuted_copies_into_one_basis():
+    m, spec = model_and_spec("mlp", {}, (1, 8, 8))
+    states = [m.state_dict()] + [permuted_copy(m, spec, seed=s)[0].state_dict() for s in (1, 2, 3)]
+    aligned, _ = align_many(states, spec)
+    for s in aligned[1:]:
+        for k in s:
+            assert torch.equal(s[k], aligned[0][k]), k
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(d.target)
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+def _train(seed, x, y, steps=600):
+    torch.manual_seed(seed)
+    m = build_model("mlp", (1, 8, 8), 10, hidden=(128, 128))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(m(x[idx]), y[idx]).backward()
+        opt.step()
+    return m
+
+
+def test_aligned_merge_of_independently_trained_mlps_beats_the_naive_average():
+    xtr, ytr, xte, yte = _digits()
+    a, b = _train(0, xtr, ytr), _train(1, xtr, ytr)
+    spec = PermutationSpec.from_model(a, xtr[:2])
+
+    def acc(state):
+        m = copy.deepcopy(a)
+        m.load_state_dict(state)
+        return float((m(xte).argmax(1) == yte).float().mean())
+
+    naive = acc(merge([a.state_dict(), b.state_dict()], [0.5, 0.5]))
+    wm = acc(merge([a.state_dict(), align(a.state_dict(), [b.state_dict()], spec)[0][0]], [0.5, 0.5]))
+    am_state = align(a, [b.state_dict()], spec, method="activation", data=xtr, model=copy.deepcopy(a))[0][0]
+    am = acc(merge([a.state_dict(), am_state], [0.5, 0.5]))
+    msg = f"naive average {naive:.3f}, weight matching {wm:.3f}, activation matching {am:.3f}"
+    assert wm > naive + 0.05 and am > naive + 0.05, msg
+
+
+def test_ops_that_mix_channels_pin_and_the_self_test_passes():
+    class CatNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 6), nn.Linear(8, 6)
+            self.c = nn.Linear(12, 4)
+            self.d = nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.cat([self.a(x), self.b(x)], dim=1).relu()
+            return self.d(self.c(h).relu())
+
+    spec = PermutationSpec.from_model(CatNet(), torch.randn(2, 8))
+    keys = {k for pairs in spec.groups.values() for k, _ in pairs}
+    assert "a.weight" not in keys and "c.weight" in keys  # cat pins its inputs; c's outputs stay free
+
+
+def test_an_untraceable_model_gets_advice_and_a_wrong_spec_fails_its_self_test():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else x
+
+    with pytest.raises(SpecError, match="by hand"):
+        PermutationSpec.from_model(Branchy(), torch.randn(2, 4))
+    m = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    wrong = PermutationSpec(groups={"P0": (("0.weight", 0), ("0.bias", 0))}, sizes={"P0": 5})  # forgets 2.weight
+    with pytest.raises(SpecError, match="P0"):
+        check_spec(m, wrong, torch.randn(3, 4))
+
+
+def test_apply_permutation_on_a_partial_dict_of_optimizer_buffers():
+    m, spec = model_and_spec("mlp", {}, (1, 8, 8))
+    perm = random_permutation(spec, 2)
+    buf = {"1.weight": torch.randn(128, 64)}
+    out = apply_permutation(spec, perm, buf)
+    assert torch.equal(out["1.weight"], buf["1.weight"][perm["P0"]])
+
+
+def test_reset_bn_estimates_the_data_statistics():
+    m = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3))
+    data = torch.randn(300, 1, 4, 4) * 2 + 1
+    reset_bn(m, data, batch_size=64)
+    with torch.no_grad():
+        h = m[0](data)
+    assert torch.allclose(m[1].running_mean, h.mean((0, 2, 3)), atol=1e-4)
+    assert m[1].momentum == 0.1 and m.training

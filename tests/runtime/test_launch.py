@@ -1,0 +1,37 @@
+"""The launch folder: cluster YAMLs ship and install the repository; submit.py joins the cluster."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+LAUNCH = Path(__file__).resolve().parents[2] / "launch"
+
+
+def _submit():
+    spec = importlib.util.spec_from_file_location("submit", LAUNCH / "submit.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_submit_joins_the_cluster_unless_told_otherwise():
+    sub = _submit()
+    assert sub.overrides_for(["--", "agents=8"]) == ["agents=8", "backend.address=auto"]
+    assert sub.overrides_for(["backend.address=ray://h:10001"]) == ["backend.address=ray://h:10001"]
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-aws.yaml"])
+def test_cluster_yamls_ship_and_install_the_repository(name):
+    cfg = yaml.safe_load((LAUNCH / name).read_text())
+    assert "." in cfg["file_mounts"].values()
+    assert any("pip install" in c and "-e" in c for c in cfg["setup_commands"])
+    assert ".venv" in cfg["rsync_exclude"] and "outputs" in cfg["rsync_exclude"]
+
+
+def test_runtime_env_excludes_outputs():
+    env = yaml.safe_load((LAUNCH / "runtime_env.yaml").read_text())
+    assert {"outputs/", ".venv/"} <= set(env["excludes"])
