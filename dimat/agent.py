@@ -139,6 +139,21 @@ class Agent:
         self.gen.set_state(snap["rng"])
         self._order, self._pos = snap["order"].numpy().copy(), int(snap["pos"])
 
+    def momentum(self) -> torch.Tensor:
+        """The optimizer's momentum buffers as one flat vector over the parameters (zeros where none yet)."""
+        bufs = []
+        for p in self.model.parameters():
+            b = self.opt.state.get(p, {}).get("momentum_buffer")
+            bufs.append((b if b is not None else torch.zeros_like(p)).detach().reshape(-1))
+        return torch.cat(bufs)
+
+    def set_momentum(self, flat: torch.Tensor) -> None:
+        off = 0
+        for p in self.model.parameters():
+            n = p.numel()
+            self.opt.state.setdefault(p, {})["momentum_buffer"] = flat[off : off + n].view_as(p).clone()
+            off += n
+
     def reset_optimizer(self) -> None:
         self.opt = self._new_optimizer()
 

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import topologies
-from dimat.algorithms import ALGORITHMS
+from dimat.algorithms import ALGORITHMS, build_algorithm
 from dimat.algorithms.final import bn_keys, global_average, pool_bn_stats, set_bn_stats
 from dimat.data import class_histogram, load_dataset, partition
 from dimat.flat import FlatLayout
@@ -97,6 +97,7 @@ def prepare(cfg: dict) -> Setup:
     if c["init"] not in ("auto", "independent", "shared"):
         raise ConfigError(f"init={c['init']} is unknown: use auto, independent or shared")
     check_logger(c["logger"])
+    build_algorithm(**c["algorithm"], merge=c["merge"])  # its options are checked here, before any host starts
     if c["init"] == "auto":
         c["init"] = ALGORITHMS[algo].default_init
     d = c["data"]
@@ -122,7 +123,7 @@ def prepare(cfg: dict) -> Setup:
     steps = c["local_steps"] or epochs_to_steps(c["local_epochs"], parts, c["batch_size"])
     # one model on the driver: its state size prices an exchange, its spec must derive
     model = build_agent_model(c, dataset, 0)
-    state_bytes = 4 * FlatLayout.of(model).size
+    state_bytes = 4 * FlatLayout.of(model).size * (2 if c["algorithm"]["gossip_momentum"] else 1)
     spec = None
     if algo == "dimat" and c["merge"]["method"] != "average":
         from dimat.merge import PermutationSpec

@@ -76,3 +76,15 @@ def test_bad_input_is_refused_before_anything_is_written(tiny, tmp_path):
     with pytest.raises(ConfigError, match="alpha"):
         run(tiny("partition=dirichlet", "partition.alpha=0"))
     assert not (tmp_path / "run").exists()
+
+
+def test_gossiping_momentum_doubles_the_payload_and_mixes_the_buffers(tiny):
+    plain = run(tiny("algorithm=dsgd", "backend=inprocess", "topology=full", "rounds=1"))
+    both = run(tiny("algorithm=dsgd", "backend=inprocess", "topology=full", "rounds=1", "algorithm.gossip_momentum=true"))
+    assert both.summary["bytes_total"] == 2 * plain.summary["bytes_total"]
+    assert both.records[-1]["consensus"] < 1e-9  # full graph, W = 1/N: weights (and buffers) agree exactly
+
+
+def test_gossip_momentum_needs_a_momentum_optimizer(tiny):
+    with pytest.raises(ConfigError, match="gossip_momentum"):
+        run(tiny("algorithm=dsgd", "algorithm.optimizer=adam", "algorithm.gossip_momentum=true"))

@@ -55,6 +55,10 @@ class Algorithm:
         self.opt_state = opt_state
         self.gossip_momentum = gossip_momentum
 
+    def payload(self, agent: Agent) -> np.ndarray:
+        """What the agent sends its neighbours: a copy of its flat state (subclasses may add more)."""
+        return agent.state().copy()
+
     def prepare(self, agent: Agent, example: torch.Tensor) -> None:
         """Once per agent on its host, before training (e.g. derive a permutation spec)."""
 

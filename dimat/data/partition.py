@@ -81,7 +81,9 @@ def partition(labels: np.ndarray, n_agents: int, method: str = "iid", *, alpha: 
               min_samples: int = 10, shards_per_agent: int = 2, seed: int = 0) -> list[np.ndarray]:
     """Split the indices of ``labels`` among ``n_agents`` agents with ``method`` (one of :data:`PARTITIONS`).
 
-    ``alpha`` and ``min_samples`` apply to ``dirichlet``, ``shards_per_agent`` to ``shards``.
+    ``alpha`` and ``min_samples`` apply to ``dirichlet`` (``min_samples`` is lowered to
+    ``len(labels) // n_agents`` when the data cannot give every agent that many),
+    ``shards_per_agent`` to ``shards``.
     Returns one sorted int64 index array per agent; raises :class:`PartitionError` when the
     split cannot be made (including when some agent would get no data).
     """
@@ -102,10 +104,11 @@ def partition(labels: np.ndarray, n_agents: int, method: str = "iid", *, alpha: 
     elif method == "dirichlet":
         if not alpha > 0:
             raise PartitionError(f"partition.alpha={alpha} must be > 0 (small: skewed, large: near IID)")
-        if min_samples < 0 or min_samples * n_agents > n:
-            raise PartitionError(f"partition.min_samples={min_samples} with agents={n_agents} needs "
-                                 f"{min_samples * n_agents} samples but the dataset has {n}: lower it")
-        parts = _dirichlet(labels, n_agents, rng, alpha, min_samples)
+        if min_samples < 0:
+            raise PartitionError(f"partition.min_samples={min_samples} must be >= 0")
+        # too few samples to give everyone min_samples: give everyone an equal floor instead
+        # (>= 1, since n_agents <= n was checked above)
+        parts = _dirichlet(labels, n_agents, rng, alpha, min(min_samples, n // n_agents))
     else:
         if shards_per_agent < 1 or n_agents * shards_per_agent > n:
             raise PartitionError(f"partition.shards_per_agent={shards_per_agent} with agents={n_agents} needs "

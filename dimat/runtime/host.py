@@ -87,8 +87,8 @@ class AgentHost:
     def publish(self, ids: list[int] | None = None) -> dict[int, Any]:
         """A snapshot of each agent's state, as a handle the other hosts can fetch."""
         ids = list(self.agents) if ids is None else ids
-        snaps = {i: self.agents[i].state().copy() for i in ids}
-        self._last_sent.update(snaps)
+        snaps = {i: self.algorithm.payload(self.agents[i]) for i in ids}
+        self._last_sent.update({i: v[: self.agents[i].layout.size] for i, v in snaps.items()})
         if self.transport == "ray":
             import ray
 

@@ -95,6 +95,9 @@ def test_not_found_message(tmp_path: Path) -> None:
         load_dataset("mnist", str(tmp_path))
     with pytest.raises(DatasetNotFound, match="cifar-10-batches-py"):
         load_dataset("cifar10", str(tmp_path))
+    with pytest.raises(DatasetNotFound, match=r"data.root=\S*nowhere does not exist") as e:
+        load_dataset("cifar100", str(tmp_path / "nowhere"))
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(("name", "folder", "n_train", "classes"),
@@ -135,6 +138,9 @@ def test_bad_names_and_options() -> None:
         load_dataset("imagenet")
     with pytest.raises(TypeError, match="n_train"):
         load_dataset("digits", n_train=5)
+    with pytest.raises(TypeError, match="unknown options n_trian: it takes n_test, n_train"):
+        load_dataset("synthetic", n_trian=5)
+    assert load_dataset("digits", root="/does/not/matter").name == "digits"  # digits needs no files
     d = load_dataset("SYNTHETIC")  # names are case/dash-insensitive
     assert d.name == "synthetic"
     with pytest.raises(AttributeError):

@@ -88,6 +88,12 @@ def test_dirichlet_min_samples_and_no_hang() -> None:
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(1437))
 
 
+def test_dirichlet_lowers_min_samples_to_what_the_data_allows() -> None:
+    parts = partition(LABELS, 200, "dirichlet", alpha=0.1, min_samples=10)  # 2000 > 1000 samples
+    assert min(map(len, parts)) >= len(LABELS) // 200
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
+
+
 def test_shards_give_few_classes() -> None:
     hist = class_histogram(LABELS, partition(LABELS, 10, "shards", shards_per_agent=2), 10)
     assert ((hist > 0).sum(1) <= 2 + 2).all()  # a shard straddles at most one class boundary
@@ -108,7 +114,7 @@ def test_own_classes() -> None:
         (dict(n_agents=5000), "agents=5000 but the dataset has 1000 training samples: use fewer agents"),
         (dict(n_agents=3, method="bogus"), "iid, classes, dirichlet, shards"),
         (dict(n_agents=3, method="dirichlet", alpha=0), r"partition.alpha=0 must be > 0"),
-        (dict(n_agents=200, method="dirichlet", min_samples=10), "min_samples=10"),
+        (dict(n_agents=3, method="dirichlet", min_samples=-1), "min_samples=-1 must be >= 0"),
         (dict(n_agents=600, method="shards", shards_per_agent=2), "shards_per_agent=2"),
         (dict(n_agents=3, method="classes"), r"agents \[1\] without samples"),  # class 1 absent
     ],
