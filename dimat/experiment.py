@@ -92,6 +92,8 @@ def prepare(cfg: dict) -> Setup:
         raise ConfigError(f"local_epochs={c['local_epochs']} must be > 0 (or set local_steps)")
     if c["backend"]["name"] not in BACKENDS:
         raise ConfigError(f"backend={c['backend']['name']} is unknown: use one of {', '.join(BACKENDS)}")
+    if c["merge"]["data"] not in ("local", "proxy"):
+        raise ConfigError(f"merge.data={c['merge']['data']} is unknown: use local or proxy")
     if c["run"]["on_failure"] not in ("restart", "stop"):
         raise ConfigError(f"run.on_failure={c['run']['on_failure']} is unknown: use restart or stop")
     if c["init"] not in ("auto", "independent", "shared"):

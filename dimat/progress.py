@@ -28,7 +28,7 @@ class Display:
 
     def print(self, *args) -> None:
         if self.enabled:
-            self.console.print(*args)
+            self.console.print(*args, soft_wrap=True)
 
     def start_info(self, s) -> None:
         c = s.cfg
@@ -37,6 +37,12 @@ class Display:
             f"{c['model']['name']} · {c['partition']['method']} split · {c['topology']['name']} · "
             f"backend={c['backend']['name']} · {s.steps_per_round} steps/round"
         )
+        if c["algorithm"]["name"] == "dimat":
+            where = (
+                f"a shared public proxy set of {c['merge']['samples']} training samples (data no agent owns)"
+                if c["merge"]["data"] == "proxy" else f"each agent's own data (up to {c['merge']['samples']} samples)"
+            )
+            self.print(f"merge={c['merge']['method']}: matching and BatchNorm repair use {where}")
         topo = s.topology
         if hasattr(topo, "W"):
             self.print(f"topology {topo.name}: spectral gap 1-|λ2| = {topo.spectral_gap():.4f}")

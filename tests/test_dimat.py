@@ -38,3 +38,10 @@ def test_optimizer_state_setting(tiny, opt_state):
     res = run(tiny("algorithm=dimat", "backend=inprocess", f"algorithm.opt_state={opt_state}", "algorithm.optimizer=adam",
                    "algorithm.lr=0.01"))
     assert res.summary["final_acc_mean"] > 0.3
+
+
+def test_proxy_merge_data_is_used_and_reported(tiny, capsys):
+    res = run(tiny("algorithm=dimat", "merge=activation", "merge.data=proxy", "merge.samples=64", "backend=inprocess",
+                   "run.progress=true"))
+    assert "proxy set of 64 training samples" in capsys.readouterr().out
+    assert res.summary["final_acc_mean"] > 0.3

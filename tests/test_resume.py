@@ -9,7 +9,7 @@ from dimat import experiment
 from dimat.experiment import run
 from dimat.metrics import read_metrics
 
-TIME_KEYS = {"wall_s", "merge_s"}
+TIME_KEYS = {"wall_s", "merge_s", "exchange_s"}
 COMMON = ("backend=inprocess", "rounds=5", "run.checkpoint_every=2", "model.hidden=[16]")
 
 

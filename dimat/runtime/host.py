@@ -38,6 +38,12 @@ def build_agent_model(cfg: dict, dataset: Dataset, index: int) -> torch.nn.Modul
     )
 
 
+def proxy_indices(cfg: dict, n_train: int) -> np.ndarray:
+    """`merge.samples` training indices shared by all agents for `merge.data=proxy` (seeded)."""
+    rng = np.random.default_rng([cfg["seed"], 7919])
+    return np.sort(rng.choice(n_train, size=min(cfg["merge"]["samples"], n_train), replace=False))
+
+
 class AgentHost:
     """Hosts the agents `parts` (agent index → its sample indices) of one experiment."""
 
@@ -59,6 +65,8 @@ class AgentHost:
         self.timeout_s = timeout_s
         self.dataset = dataset
         self.algorithm = build_algorithm(**cfg["algorithm"], merge=cfg["merge"])
+        if cfg["merge"]["data"] == "proxy":  # one shared public subset, the same on every host
+            self.algorithm.proxy = torch.from_numpy(dataset.x_train[proxy_indices(cfg, len(dataset.y_train))]).to(device)
         self.agents: dict[int, Agent] = {}
         example = torch.from_numpy(dataset.x_train[:2].copy())
         for i, idx in parts.items():
