@@ -217,6 +217,9 @@ class Driver:
         c, s, backend, n = self.c, self.s, self.backend, self.n
         R, spr = c["rounds"], s.steps_per_round
         losses = _merge_dicts(backend.call("train", spr))
+        rolled_back = [i for i, v in losses.items() if v == float("inf")]
+        if rolled_back:
+            self.display.print(f"[yellow]round {r}: agents {rolled_back} diverged and were rolled back[/]")
         progress = Progress(r, R, r * spr, R * spr)
         due = r % c["eval"]["every"] == 0 or r == R
         W = s.topology.at(r - 1).W if isinstance(s.topology, topologies.TimeVarying) else s.topology.W
@@ -239,7 +242,8 @@ class Driver:
         rec.update(
             bytes_total=self.ledger.total, bytes_round=round_bytes, budget_spent=self.schedule.spent_bytes,
             budget_bytes=c["budget"]["bytes"], exchanges_planned=self.schedule.last_planned,
-            exchanges=plan_size(plan), merge_s=merge_s, loss_mean=float(np.nanmean(list(losses.values()))),
+            exchanges=plan_size(plan), merge_s=merge_s, rolled_back=rolled_back,
+            loss_mean=float(np.nanmean([v for v in losses.values() if np.isfinite(v)] or [np.nan])),
             bytes_sent=self.ledger.sent, bytes_recv=self.ledger.recv, wall_s=time.perf_counter() - self.t_start,
         )
         self.writer.append(rec)

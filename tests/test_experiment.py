@@ -88,3 +88,11 @@ def test_gossiping_momentum_doubles_the_payload_and_mixes_the_buffers(tiny):
 def test_gossip_momentum_needs_a_momentum_optimizer(tiny):
     with pytest.raises(ConfigError, match="gossip_momentum"):
         run(tiny("algorithm=dsgd", "algorithm.optimizer=adam", "algorithm.gossip_momentum=true"))
+
+
+def test_a_diverging_agent_is_rolled_back_instead_of_poisoning_its_neighbours(tiny):
+    # lr=1e6 makes every agent blow up within a round: all are rolled back, the run stays finite
+    res = run(tiny("algorithm=dsgd", "backend=inprocess", "algorithm.lr=1e6", "algorithm.optimizer=sgd"))
+    assert res.records[0]["rolled_back"] == [0, 1, 2, 3]
+    assert np.isfinite(res.records[-1]["consensus"])
+    assert all(np.isfinite(a) for a in res.records[-1]["acc"])

@@ -90,7 +90,22 @@ class AgentHost:
 
     # -- training and exchange ---------------------------------------------
     def train(self, steps: int) -> dict[int, float]:
-        return {i: a.train(steps) for i, a in self.agents.items()}
+        """Train every hosted agent; one that diverges (non-finite loss or weights) is rolled back.
+
+        A rolled-back agent keeps its last good state, gets a fresh optimizer, and
+        reports a loss of +inf, so the driver can log it; its neighbours never see
+        the bad state.
+        """
+        losses = {}
+        for i, a in self.agents.items():
+            good = a.vec.detach().clone()
+            loss = a.train(steps)
+            if not (np.isfinite(loss) or len(a.indices) == 0) or not bool(torch.isfinite(a.vec).all()):
+                a.load(good)
+                a.reset_optimizer()
+                loss = float("inf")
+            losses[i] = loss
+        return losses
 
     def publish(self, ids: list[int] | None = None) -> dict[int, Any]:
         """A snapshot of each agent's state, as a handle the other hosts can fetch."""
