@@ -91,13 +91,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-samples", type=int, default=12000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="overhead,many,exchange")
+    ap.add_argument("--only", default="overhead,many,exchange,memory")
     a = ap.parse_args()
     only = set(a.only.split(","))
     base = ["data=fashion_mnist", f"data.train_samples={a.train_samples}", f"rounds={a.rounds}", "partition=iid",
             "backend=ray", "backend.num_cpus=2", f"eval.every={a.rounds}", "eval.max_samples=2000"]
     rows = []
-    t = Table(title=f"bench/scale.py · fashion_mnist {a.train_samples} train samples · {a.rounds} rounds · 2 cores")
+    t = Table(expand=True, title=f"bench/scale.py · fashion_mnist {a.train_samples} train samples · {a.rounds} rounds · 2 cores")
     for col in ("configuration", "dimat s", "centralized s", "ratio", "peak GiB", "note"):
         t.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,6 +123,16 @@ def main() -> None:
                     pair(f"{n} agents {model} {topo} dsgd (per round)", [*common, "algorithm=dsgd"],
                          [*common, "algorithm=centralized", "backend=inprocess"], per_round=True,
                          note="target ≤ 1.5, ≤ 8 GiB")
+        if "memory" in only:
+            # extra peak memory per added agent: 256 vs 32 mlp agents (fixed Ray cost cancels)
+            common = [*base, "model=mlp", "topology=ring", "algorithm=dsgd", "rounds=1", "batch_size=16"]
+            small, big = measure([*common, "agents=32"], tmp), measure([*common, "agents=256"], tmp)
+            per_agent = (big["peak_gib"] - small["peak_gib"]) * 2**30 / (256 - 32)
+            params = 784 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10
+            model_opt = 2 * 4 * params  # weights + momentum, float32
+            t.add_row("memory per agent (mlp, 256 vs 32 agents)", f"{per_agent / 2**20:.2f} MiB", "", "",
+                      f"{big['peak_gib']:.2f}", f"{per_agent / model_opt:.1f}× model+optimizer (target ≤ 3)")
+            rows.append({"label": "memory", "per_agent_bytes": per_agent, "model_opt_bytes": model_opt})
         if "exchange" in only:
             common = [*base, "model=mlp", "model.hidden=[640,640]", "agents=16", "topology=ring", "local_steps=1",
                       "algorithm=dsgd"]

@@ -157,6 +157,11 @@ def run(cfg: DictConfig | dict, *, resume: bool = False) -> Result:
         host_cfg = {**c, "batch_size": c["batch_size"] * c["agents"], "init": "shared"}
         host_parts = [np.sort(np.concatenate(s.parts))]
     backend = build_backend(host_cfg, s.dataset, host_parts)
+    try:
+        _check_storage(backend, run_dir)
+    except ConfigError:
+        backend.shutdown()
+        raise
     logger = build_logger(c["logger"], run_dir, c)
     try:
         return Driver(c, s, backend, writer, display, logger, len(host_parts)).run(resume)
@@ -164,6 +169,16 @@ def run(cfg: DictConfig | dict, *, resume: bool = False) -> Result:
         backend.shutdown()
         display.stop()
         logger.close()
+
+
+def _check_storage(backend, run_dir: Path) -> None:
+    """On a multi-node cluster every agent host must see the run folder (checkpoints go there)."""
+    blind = [h for h, ok in enumerate(backend.call("sees", str(run_dir))) if not ok]
+    if blind:
+        raise ConfigError(
+            f"run.dir={run_dir} is not visible from the nodes of agent hosts {blind}: "
+            "on a multi-node cluster set run.dir to a path every node shares (NFS, a mounted bucket)"
+        )
 
 
 class Driver:
@@ -207,6 +222,7 @@ class Driver:
         if c["final_merge"] and self.communicates:
             summary.update(_final_merge(c, self.s, self.backend, self.n, self.test_counts, self.state_bytes))
         summary["host_restarts"] = restarts
+        summary["nodes"] = len(set(self.backend.call("node")))
         summary["wall_s"] = time.perf_counter() - self.t_start
         self.writer.write_json("summary.json", summary)
         self.logger.summary(summary)

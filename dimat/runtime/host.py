@@ -223,6 +223,18 @@ class AgentHost:
     def ping(self) -> int:
         return len(self.agents)
 
+    def sees(self, folder: str) -> bool:
+        """Whether this host's node sees the run folder (it must be shared on a cluster)."""
+        return Path(folder).is_dir()
+
+    def node(self) -> str:
+        """The Ray node this host runs on ('local' outside Ray)."""
+        if self.transport != "ray":
+            return "local"
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 def save_atomic(obj: dict, path: Path) -> None:
     """torch.save to a temporary name in the same folder, then rename: never half a file."""

@@ -46,3 +46,11 @@ def test_on_failure_stop_raises(tiny, monkeypatch):
     monkeypatch.setattr(experiment.Driver, "round", kill)
     with pytest.raises(experiment.HostFailure, match="agent host 0 died"):
         run(tiny(*COMMON, "run.on_failure=stop"))
+
+
+def test_a_run_folder_the_hosts_cannot_see_is_refused(tiny, monkeypatch):
+    from dimat.runtime.host import AgentHost
+
+    monkeypatch.setattr(AgentHost, "sees", lambda self, folder: False)  # as if run.dir were node-local elsewhere
+    with pytest.raises(experiment.ConfigError, match="every node shares"):
+        run(tiny("algorithm=dsgd", "backend=inprocess"))

@@ -1,0 +1,30 @@
+"""Multi-layer perceptron: flatten, then Linear/ReLU per hidden size."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """Flatten → (Linear → ReLU) per hidden size → Linear(num_classes). No norm, no dropout."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        prev = in_features
+        for size in hidden:
+            layers += [nn.Linear(prev, size), nn.ReLU()]
+            prev = size
+        layers.append(nn.Linear(prev, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: Sequence[int], width: int) -> MLP:
+    """An MLP whose hidden sizes are ``hidden`` scaled by ``width``."""
+    return MLP(math.prod(input_shape), num_classes, [h * width for h in hidden])
