@@ -100,6 +100,10 @@ def prepare(cfg: dict) -> Setup:
         raise ConfigError(f"init={c['init']} is unknown: use auto, independent or shared")
     check_logger(c["logger"])
     build_algorithm(**c["algorithm"], merge=c["merge"])  # its options are checked here, before any host starts
+    forced = ALGORITHMS[algo].steps_per_round
+    if forced and c["local_steps"] not in (None, forced):
+        raise ConfigError(f"algorithm={algo} communicates every step: leave local_steps unset (it is {forced})")
+    c["local_steps"] = forced or c["local_steps"]
     if c["init"] == "auto":
         c["init"] = ALGORITHMS[algo].default_init
     d = c["data"]

@@ -58,14 +58,15 @@ def _torus(n: int, o: _Options) -> nx.Graph:
 def _erdos_renyi(n: int, o: _Options) -> nx.Graph:
     if not 0 <= o.p <= 1:
         raise TopologyError(f"erdos_renyi p={o.p} is not a probability: use 0 <= p <= 1")
-    for seed in range(o.seed, o.seed + max(o.max_tries, 1)):
+    larger = f"use a larger p (about log(n)/n = {math.log(n) / n:.2f} or more)"
+    if o.p == 0:  # no edges ever, so resampling cannot help: fail at once
+        raise TopologyError(f"erdos_renyi(n={n}, p=0) has no edges: {larger}")
+    tries = max(o.max_tries, 1)
+    for seed in range(o.seed, o.seed + tries):
         g = nx.gnp_random_graph(n, o.p, seed=seed)
         if nx.is_connected(g):
             return g
-    raise TopologyError(
-        f"erdos_renyi(n={n}, p={o.p}) was disconnected for {max(o.max_tries, 1)} seeds from {o.seed}: "
-        f"use a larger p (about log(n)/n = {math.log(n) / n:.2f} or more)"
-    )
+    raise TopologyError(f"erdos_renyi(n={n}, p={o.p}) was disconnected for {tries} seeds from {o.seed}: {larger}")
 
 
 def _exponential(n: int, o: _Options) -> nx.Graph:
@@ -77,10 +78,13 @@ def _exponential(n: int, o: _Options) -> nx.Graph:
 
 
 def _small_world(n: int, o: _Options) -> nx.Graph:
+    # Clamp k so the default k=4 works for small n; n=2 keeps k=2 (= n), which networkx
+    # turns into the single edge, since its lattice needs k >= 2 to have any edges.
+    k = min(o.k, max(n - 1, 2))
     try:
-        return nx.connected_watts_strogatz_graph(n, o.k, o.rewire, tries=o.max_tries, seed=o.seed)
+        return nx.connected_watts_strogatz_graph(n, k, o.rewire, tries=max(o.max_tries, 1), seed=o.seed)
     except nx.NetworkXError as e:
-        raise TopologyError(f"small_world(n={n}, k={o.k}, rewire={o.rewire}) failed ({e}): use 2 <= k < n") from e
+        raise TopologyError(f"small_world(n={n}, k={o.k}, rewire={o.rewire}) failed ({e}): use k >= 2") from e
 
 
 def _bipartite(n: int, o: _Options) -> nx.Graph:

@@ -9,12 +9,15 @@ driver decides *when* and *with whom* (the schedule); the algorithm decides
 from __future__ import annotations
 
 from dimat.algorithms.base import Algorithm, Received, gossip_average
+from dimat.algorithms.consensus import Cdsgd
 from dimat.algorithms.dimat import Dimat
 from dimat.algorithms.gossip import Centralized, Dsgd, Local
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "dimat": Dimat,
     "dsgd": Dsgd,
+    "cdsgd": Cdsgd,
+    "cdmsgd": Cdsgd,
     "local": Local,
     "centralized": Centralized,
 }

@@ -59,6 +59,11 @@ class Algorithm:
         """What the agent sends its neighbours: a copy of its flat state (subclasses may add more)."""
         return agent.state().copy()
 
+    steps_per_round: int | None = None  # forces local_steps (e.g. 1 for per-step consensus methods)
+
+    def before_train(self, agent: Agent) -> None:
+        """Called by the host just before the agent's local steps of a round."""
+
     def prepare(self, agent: Agent, example: torch.Tensor) -> None:
         """Once per agent on its host, before training (e.g. derive a permutation spec)."""
 

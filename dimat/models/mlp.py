@@ -5,24 +5,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
 
-class MLP(nn.Module):
-    """Flatten → (Linear → ReLU) per hidden size → Linear(num_classes). No norm, no dropout."""
+class MLP(nn.Sequential):
+    """Flatten → (Linear → ReLU) per hidden size → Linear(num_classes). No norm, no dropout.
+
+    A plain ``nn.Sequential``, so state keys are short: ``1.weight``, ``3.weight``, ...
+    """
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int]) -> None:
-        super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         prev = in_features
         for size in hidden:
             layers += [nn.Linear(prev, size), nn.ReLU()]
             prev = size
         layers.append(nn.Linear(prev, num_classes))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        super().__init__(*layers)
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: Sequence[int], width: int) -> MLP:

@@ -99,6 +99,7 @@ class AgentHost:
         losses = {}
         for i, a in self.agents.items():
             good = a.vec.detach().clone()
+            self.algorithm.before_train(a)
             loss = a.train(steps)
             if not (np.isfinite(loss) or len(a.indices) == 0) or not bool(torch.isfinite(a.vec).all()):
                 a.load(good)
