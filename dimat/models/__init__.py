@@ -6,8 +6,6 @@ modules by tracing them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from torch import nn
 
 from dimat.models.cnn import CNN
@@ -22,7 +20,7 @@ __all__ = ["MODELS", "NORMS", "CNN", "MLP", "VGG", "ModelError", "ResNet20", "bu
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, width: int = 1,
-                norm: str = "bn", hidden: Sequence[int] = (128, 128),
+                norm: str = "bn", hidden: tuple[int, ...] | list[int] = (128, 128),
                 batchnorm: bool | None = None) -> nn.Module:
     """Build model ``name`` for inputs of ``input_shape`` ((C, H, W) for images).
 
@@ -42,6 +40,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, wi
 
 
 def _validate(name: str, input_shape: tuple[int, ...], num_classes: int, width: int) -> None:
+    """Raise a one-line ``ModelError`` for a request no model can serve."""
     if name not in MODELS:
         raise ModelError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
     if width < 1 or num_classes < 1:

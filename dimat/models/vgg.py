@@ -1,9 +1,9 @@
 """VGG-11 / VGG-16 with a width multiplier, sized for small CPU runs.
 
-Channels are the standard VGG channels × ``width`` / 4 (min 4), so width=1
-gives 16…128 channels and width=4 the original 64…512. Max-pools are kept only
-while the spatial size is > 1, so 8×8 and 28×28 inputs work; if the map is still
-larger than 1×1 after the last pool a global average pool closes it.
+Channels are the standard VGG channels × ``width`` / 8 (rounded, min 4), so
+width=1 gives 8…64 channels (cheap enough for CPU runs) and width=8 the original
+64…512. Max-pools are kept only while the spatial size is > 1, so 8×8 and 28×28
+inputs work; an adaptive average pool to 1×1 then feeds one Linear classifier.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ CONFIGS: dict[str, tuple[int | str, ...]] = {
 
 
 def scaled(channels: int, width: int) -> int:
-    """VGG channel count for a width multiplier (base = channels / 4, min 4)."""
-    return max(4, round(channels * width / 4))
+    """VGG channel count for a width multiplier (base = channels / 8, min 4)."""
+    return max(4, round(channels * width / 8))
 
 
 class VGG(nn.Module):
@@ -40,8 +40,8 @@ class VGG(nn.Module):
             out = scaled(int(item), width)
             layers += [nn.Conv2d(channels, out, 3, padding=1), norm_layer(norm, out), nn.ReLU()]
             channels = out
-        if h * w > 1:
-            layers.append(nn.AdaptiveAvgPool2d(1))
+        # Always present (a no-op at 1×1) so the module layout does not depend on input size.
+        layers.append(nn.AdaptiveAvgPool2d(1))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, num_classes)
 

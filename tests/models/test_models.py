@@ -41,9 +41,20 @@ def test_every_norm(name: str, norm: str) -> None:
 
 def test_norm_groups() -> None:
     gns = [m for m in build_model("cnn", (1, 8, 8), 10, norm="gn").modules() if isinstance(m, nn.GroupNorm)]
-    assert all(m.num_groups >= 2 and m.num_channels % m.num_groups == 0 for m in gns)
+    assert gns and all(m.num_groups == 8 for m in gns)  # 32 and 64 channels: largest of (8, 4, 2)
+    vgg = build_model("vgg11", (1, 8, 8), 10, norm="gn")
+    assert all(m.num_groups >= 2 and m.num_channels % m.num_groups == 0
+               for m in vgg.modules() if isinstance(m, nn.GroupNorm))
     lns = [m for m in build_model("cnn", (1, 8, 8), 10, norm="ln").modules() if isinstance(m, nn.GroupNorm)]
     assert lns and all(m.num_groups == 1 for m in lns)
+
+
+def test_vgg_channels_scale_with_width() -> None:
+    def channels(width: int) -> list[int]:
+        model = build_model("vgg16", (3, 32, 32), 10, width=width)
+        return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert channels(1)[0] == 8 and max(channels(1)) == 64
+    assert channels(8)[0] == 64 and max(channels(8)) == 512
 
 
 def test_batchnorm_alias() -> None:
@@ -72,13 +83,19 @@ def test_deterministic_and_float32() -> None:
     ({"norm": "batch"}, "unknown norm"),
     ({"width": 0}, "width"),
     ({"input_shape": (64,)}, "C, H, W"),
+    ({"input_shape": (1, 2, 2)}, "H, W >= 4"),
 ])
 def test_errors(kwargs: dict, match: str) -> None:
     args = {"name": "cnn", "input_shape": (1, 8, 8), "num_classes": 10} | kwargs
+    assert issubclass(ModelError, ValueError)
     with pytest.raises(ModelError, match=match):
         build_model(**args)
 
 
-def test_fx_traceable() -> None:
-    for name in MODELS:
-        torch.fx.symbolic_trace(build_model(name, (1, 8, 8), 10))
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("norm", NORMS)
+def test_fx_traceable(name: str, norm: str) -> None:
+    model = build_model(name, (1, 8, 8), 10, norm=norm).eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(traced(x), model(x))
