@@ -23,10 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 import topologies
 from dimat.algorithms import ALGORITHMS, build_algorithm
 from dimat.algorithms.final import bn_keys, global_average, pool_bn_stats, set_bn_stats
-from dimat.data import class_histogram, load_dataset, partition
+from dimat.data import class_histogram, load_dataset, own_classes, partition
 from dimat.flat import FlatLayout
 from dimat.loggers import build_logger, check_logger
-from dimat.metrics import ByteLedger, RunWriter, accuracy, own_class_masks, read_metrics, write_atomic
+from dimat.metrics import ByteLedger, RunWriter, accuracy, read_metrics, write_atomic
 from dimat.progress import Display
 from dimat.runtime import BACKENDS, build_backend
 from dimat.runtime.base import HostFailure
@@ -99,7 +99,7 @@ def prepare(cfg: dict) -> Setup:
     if c["init"] not in ("auto", "independent", "shared"):
         raise ConfigError(f"init={c['init']} is unknown: use auto, independent or shared")
     check_logger(c["logger"])
-    build_algorithm(**c["algorithm"], merge=c["merge"])  # its options are checked here, before any host starts
+    algorithm = build_algorithm(**c["algorithm"], merge=c["merge"])  # options checked before any host starts
     forced = ALGORITHMS[algo].steps_per_round
     if forced and c["local_steps"] not in (None, forced):
         raise ConfigError(f"algorithm={algo} communicates every step: leave local_steps unset (it is {forced})")
@@ -129,7 +129,7 @@ def prepare(cfg: dict) -> Setup:
     steps = c["local_steps"] or epochs_to_steps(c["local_epochs"], parts, c["batch_size"])
     # one model on the driver: its state size prices an exchange, its spec must derive
     model = build_agent_model(c, dataset, 0)
-    state_bytes = 4 * FlatLayout.of(model).size * (2 if c["algorithm"]["gossip_momentum"] else 1)
+    state_bytes = 4 * algorithm.payload_floats(FlatLayout.of(model).size)
     spec = None
     if algo == "dimat" and c["merge"]["method"] != "average":
         from dimat.merge import PermutationSpec
@@ -196,8 +196,9 @@ class Driver:
         self.schedule = s.schedule
         self.ledger = ByteLedger(n)
         self.test_counts = np.bincount(s.dataset.y_test, minlength=s.dataset.num_classes)
-        self.own = own_class_masks(s.hist) if not s.centralized else np.ones((1, s.dataset.num_classes), bool)
+        self.own = np.stack([own_classes(h) for h in s.hist]) if not s.centralized else np.ones((1, s.dataset.num_classes), bool)
         self.communicates = ALGORITHMS[c["algorithm"]["name"]].communicates
+        self.mixing = ALGORITHMS[c["algorithm"]["name"]].mixing
         self.records: list[dict] = []
         self.t_start = time.perf_counter()
 
@@ -242,7 +243,8 @@ class Driver:
             self.display.print(f"[yellow]round {r}: agents {rolled_back} diverged and were rolled back[/]")
         progress = Progress(r, R, r * spr, R * spr)
         due = r % c["eval"]["every"] == 0 or r == R
-        W = s.topology.at(r - 1).W if isinstance(s.topology, topologies.TimeVarying) else s.topology.W
+        top = s.topology.at(r - 1) if isinstance(s.topology, topologies.TimeVarying) else s.topology
+        W = topologies.column_stochastic(top) if self.mixing == "column" else top.W
         rec: dict = {"round": r, "step": progress.step}
         measured: dict = {}
         if self.communicates and (due or self.schedule.name == "consensus"):

@@ -23,12 +23,6 @@ def accuracy(correct: np.ndarray, test_counts: np.ndarray, mask: np.ndarray | No
     return float(correct.sum() / total) if total else float("nan")
 
 
-def own_class_masks(hist: np.ndarray) -> np.ndarray:
-    """An agent's own classes: those with at least half a uniform share of its samples."""
-    totals = hist.sum(1, keepdims=True)
-    return hist >= 0.5 * totals / hist.shape[1]
-
-
 @dataclass
 class ByteLedger:
     """Bytes actually sent and received per agent, from reported transfers."""

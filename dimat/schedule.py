@@ -47,12 +47,17 @@ def plan_size(plan: Plan) -> int:
 
 
 def mixing_rows(W: np.ndarray, plan: Plan) -> dict[int, tuple[float, list[tuple[int, float]]]]:
-    """Mixing-matrix rows restricted to the plan: (self weight, [(neighbour, weight)])."""
+    """Mixing rows restricted to the plan: (self weight, [(neighbour, weight)]).
+
+    The weight of an in-neighbour not heard from this round stays with the agent
+    (W_ii plus those weights), so a row-stochastic row still sums to one.
+    """
     rows = {}
     for i, sources in plan.items():
         if sources:
             row = [(j, float(W[i, j])) for j in sources]
-            rows[i] = (1.0 - sum(w for _, w in row), row)
+            unheard = sum(float(W[i, j]) for j in np.flatnonzero(W[i]) if j != i and j not in sources)
+            rows[i] = (float(W[i, i]) + unheard, row)
     return rows
 
 

@@ -12,12 +12,14 @@ from dimat.algorithms.base import Algorithm, Received, gossip_average
 from dimat.algorithms.consensus import Cdsgd
 from dimat.algorithms.dimat import Dimat
 from dimat.algorithms.gossip import Centralized, Dsgd, Local
+from dimat.algorithms.push_sum import Sgp
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "dimat": Dimat,
     "dsgd": Dsgd,
     "cdsgd": Cdsgd,
     "cdmsgd": Cdsgd,
+    "sgp": Sgp,
     "local": Local,
     "centralized": Centralized,
 }

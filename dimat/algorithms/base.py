@@ -55,10 +55,15 @@ class Algorithm:
         self.opt_state = opt_state
         self.gossip_momentum = gossip_momentum
 
+    def payload_floats(self, state_floats: int) -> int:
+        """How many float32 values one payload holds (prices an exchange before the run starts)."""
+        return state_floats
+
     def payload(self, agent: Agent) -> np.ndarray:
         """What the agent sends its neighbours: a copy of its flat state (subclasses may add more)."""
         return agent.state().copy()
 
+    mixing: str = "row"  # row: the topology's W; column: its column-stochastic push-sum matrix
     steps_per_round: int | None = None  # forces local_steps (e.g. 1 for per-step consensus methods)
 
     def before_train(self, agent: Agent) -> None:

@@ -23,6 +23,9 @@ class Dsgd(Algorithm):
         if self.gossip_momentum and self.optimizer["optimizer"] != "msgd":
             raise ValueError("algorithm.gossip_momentum=true needs algorithm.optimizer=msgd (a momentum buffer)")
 
+    def payload_floats(self, state_floats: int) -> int:
+        return state_floats * (2 if self.gossip_momentum else 1)
+
     def payload(self, agent: Agent) -> np.ndarray:
         if not self.gossip_momentum:
             return super().payload(agent)

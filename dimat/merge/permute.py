@@ -198,9 +198,14 @@ def _correlation(sa, sb, saa, sbb, sab, n, *, eps: float) -> torch.Tensor:
     return torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def merge(states: list[dict[str, torch.Tensor]], weights) -> dict[str, torch.Tensor]:
-    """Σ_k w_k·state_k for float tensors (in float32); integer buffers come from states[0]."""
+def merge(states: list[dict[str, torch.Tensor]], weights: list[float] | torch.Tensor) -> dict[str, torch.Tensor]:
+    """Σ_k w_k·state_k for float tensors (accumulated in float32, returned in their dtype).
+
+    Integer buffers (num_batches_tracked) are not averaged: they come from states[0].
+    """
     w = [float(x) for x in weights]
+    if len(w) != len(states) or not states:
+        raise ValueError(f"merge needs one weight per state: {len(w)} weights for {len(states)} states")
     out = {}
     for key, t in states[0].items():
         if t.is_floating_point():
@@ -209,7 +214,7 @@ def merge(states: list[dict[str, torch.Tensor]], weights) -> dict[str, torch.Ten
                 acc = acc + s[key].detach().float() * wk
             out[key] = acc.to(t.dtype)
         else:
-            out[key] = t.clone()
+            out[key] = t.detach().clone()
     return out
 
 
@@ -267,18 +272,24 @@ def align_many(
 
 @torch.no_grad()
 def reset_bn(model: nn.Module, data: torch.Tensor | None, *, batch_size: int = 256) -> None:
-    """Re-estimate BatchNorm running statistics: reset, then one pass in train mode.
+    """Re-estimate BatchNorm running statistics: reset, then one pass over `data`.
 
-    Each batch is weighted by its size (momentum b / (seen + b)), so the result is
-    the sample-weighted average of the batch statistics, whatever the last batch's size.
+    Only the BatchNorm layers run in train mode (dropout stays off, so the
+    statistics are those the eval-mode network sees). Each batch is weighted by
+    its size (momentum b / (seen + b)): the cumulative average of momentum=None,
+    but exact also when the last batch is short. Training flags and momenta
+    are restored; without BatchNorm this is a no-op.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns or data is None or len(data) == 0:
         return
-    training, momenta = model.training, [m.momentum for m in bns]
+    flags = {m: m.training for m in model.modules()}
+    momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
-    model.train()
+    model.eval()
+    for m in bns:
+        m.train()
     try:
         seen = 0
         for s in range(0, len(data), batch_size):
@@ -290,4 +301,5 @@ def reset_bn(model: nn.Module, data: torch.Tensor | None, *, batch_size: int = 2
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
-        model.train(training)
+        for m, flag in flags.items():
+            m.training = flag

@@ -39,13 +39,32 @@ PASS_FUNCTIONS = {
     torch.nn.functional.max_pool2d, torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool2d,
     torch.nn.functional.dropout, torch.nn.functional.silu, torch.nn.functional.leaky_relu,
 }
-PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone"}
+PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "detach"}
+# shape queries read no values, so they neither pass nor pin a group
+SHAPE_METHODS = {"size", "dim"}
+# elementwise arithmetic with a plain number commutes with any channel permutation
+SCALAR_FUNCTIONS = {operator.mul, operator.truediv, operator.add, operator.sub, operator.neg, torch.mul}
+SCALAR_METHODS = {"mul", "div", "add", "sub", "neg"}
 MERGE_FUNCTIONS = {operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub}
 MERGE_METHODS = {"add", "sub", "add_", "sub_"}
 
 
 @dataclass(frozen=True)
 class PermutationSpec:
+    """Which state axes permute together.
+
+    - `groups[g]`: the (state key, axis) pairs permuted by group g, e.g.
+      ``(("fc1.weight", 0), ("fc1.bias", 0), ("fc2.weight", 1))``. BatchNorm
+      weight, bias, running_mean and running_var belong here; integer buffers
+      (num_batches_tracked) never do.
+    - `sizes[g]`: the permutation length (the common length of those axes).
+    - `consumers[g]`: modules (names from `named_modules`) whose *input*
+      channels are group g; activation matching hooks their inputs. A residual
+      stream has several consumers.
+
+    Keys absent from the spec are left alone by `apply_permutation`.
+    """
+
     groups: dict[str, tuple[tuple[str, int], ...]]
     sizes: dict[str, int]
     consumers: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -153,7 +172,11 @@ def _derive(model: nn.Module, example: torch.Tensor) -> PermutationSpec:
                 pin_inputs(node)
         elif node.op in ("call_function", "call_method"):
             fn = node.target
-            if fn in MERGE_FUNCTIONS or (node.op == "call_method" and fn in MERGE_METHODS):
+            if fn is getattr or (node.op == "call_method" and fn in SHAPE_METHODS):
+                g_out = None
+            elif _scalar_op(node):
+                g_out = inp(node)
+            elif fn in MERGE_FUNCTIONS or (node.op == "call_method" and fn in MERGE_METHODS):
                 gs = [group_of.get(a.name) for a in node.args if isinstance(a, torch.fx.Node)]
                 if len(gs) == 2 and None not in gs:
                     g_out = uf.union(gs[0], gs[1])
@@ -173,6 +196,14 @@ def _derive(model: nn.Module, example: torch.Tensor) -> PermutationSpec:
         if g_out is not None:
             group_of[node.name] = g_out
     return _assemble(model, uf, pinned, entries, consumers)
+
+
+def _scalar_op(node) -> bool:
+    """x * 2, x - 0.5, -x: one tensor operand and otherwise plain numbers."""
+    known = node.target in (SCALAR_METHODS if node.op == "call_method" else SCALAR_FUNCTIONS)
+    tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
+    numbers = [a for a in node.args if isinstance(a, (int, float))]
+    return known and not node.kwargs and len(tensors) == 1 and len(tensors) + len(numbers) == len(node.args)
 
 
 def _spatial_one(shape: tuple[int, ...]) -> bool:
@@ -205,7 +236,26 @@ def _assemble(model, uf, pinned, entries, consumers) -> PermutationSpec:
     )
 
 
+def _check_structure(spec: PermutationSpec, state: dict[str, torch.Tensor], modules: dict[str, nn.Module]) -> None:
+    """Keys, axes and sizes must exist (a hand-written spec's typos would otherwise pass silently)."""
+    for g, pairs in spec.groups.items():
+        if g not in spec.sizes:
+            raise SpecError(f"group {g} has no entry in sizes")
+        for key, axis in pairs:
+            if key not in state:
+                raise SpecError(f"group {g}: state key {key!r} is not in the model")
+            t = state[key]
+            if not t.is_floating_point() or not -t.dim() <= axis < t.dim() or t.shape[axis] != spec.sizes[g]:
+                raise SpecError(
+                    f"group {g}: {key} (shape {tuple(t.shape)}, {t.dtype}) has no axis {axis} of length {spec.sizes[g]}"
+                )
+        for name in spec.consumers.get(g, ()):
+            if name not in modules:
+                raise SpecError(f"group {g}: consumer module {name!r} is not in the model")
+
+
 def random_permutation(spec: PermutationSpec, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A seeded random permutation for every group (self-tests, planted-permutation tests)."""
     gen = torch.Generator().manual_seed(seed)
     return {g: torch.randperm(n, generator=gen) for g, n in spec.sizes.items()}
 
@@ -214,6 +264,7 @@ def check_spec(model: nn.Module, spec: PermutationSpec, example_input: torch.Ten
     """A randomly permuted copy (with randomised BN statistics) must compute the same outputs in eval mode."""
     from dimat.merge.permute import apply_permutation
 
+    _check_structure(spec, model.state_dict(), dict(model.named_modules()))
     ref = copy.deepcopy(model).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # random BN statistics, so a wrongly permuted buffer shows
