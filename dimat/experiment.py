@@ -92,6 +92,11 @@ def prepare(cfg: dict) -> Setup:
         raise ConfigError(f"local_epochs={c['local_epochs']} must be > 0 (or set local_steps)")
     if c["backend"]["name"] not in BACKENDS:
         raise ConfigError(f"backend={c['backend']['name']} is unknown: use one of {', '.join(BACKENDS)}")
+    b = c["backend"]
+    if b["comm"] != "object_store":
+        raise ConfigError(f"backend.comm={b['comm']} is not available yet: use backend.comm=object_store")
+    if b["placement"] not in ("pack", "spread"):
+        raise ConfigError(f"backend.placement={b['placement']} is unknown: use pack or spread")
     if c["merge"]["data"] not in ("local", "proxy"):
         raise ConfigError(f"merge.data={c['merge']['data']} is unknown: use local or proxy")
     if c["run"]["on_failure"] not in ("restart", "stop"):

@@ -22,8 +22,10 @@ BAD = [
     (["schedule=late", "schedule.p1=1.5"], "schedule.p1"),
     (["schedule=periodic", "schedule.every=0"], "schedule.every"),
     (["budget.bytes=10"], "smaller than one exchange"),
-    (["model=resnet20", "model.width=0"], "model.width"),
+    (["model=resnet20", "model.width=0"], "width=0"),
     (["eval.every=0"], "eval.every"),
+    (["backend.comm=torch"], "object_store"),
+    (["algorithm=cdsgd", "local_steps=5"], "every step"),
 ]
 
 

@@ -129,12 +129,15 @@ def _digits():
 
 def _train(seed, x, y, steps=600):
     # Adam's second moments of the many always-zero digit pixels decay into denormal floats,
-    # which are ~30x slower on CPU: flush them for the few seconds of training
+    # which are ~30x slower on CPU: flush them (a per-thread flag, hence one thread; the MLP is tiny)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     try:
         return _train_steps(seed, x, y, steps)
     finally:
         torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
 
 
 def _train_steps(seed, x, y, steps):
