@@ -123,7 +123,8 @@ class RunConf:
     dir: str | None = None  # null: Hydra's output folder
     checkpoint_every: int = 5  # rounds between checkpoints (and one at the end); 0: none
     progress: bool = True
-    on_failure: str = "restart"  # restart: new actor, reload the last checkpoint, replay | stop
+    # restart: new actor, all agents back to the last checkpoint, replay | drop: go on without its agents | stop
+    on_failure: str = "restart"
 
 
 @dataclass

@@ -99,8 +99,8 @@ def prepare(cfg: dict) -> Setup:
         raise ConfigError(f"backend.placement={b['placement']} is unknown: use pack or spread")
     if c["merge"]["data"] not in ("local", "proxy"):
         raise ConfigError(f"merge.data={c['merge']['data']} is unknown: use local or proxy")
-    if c["run"]["on_failure"] not in ("restart", "stop"):
-        raise ConfigError(f"run.on_failure={c['run']['on_failure']} is unknown: use restart or stop")
+    if c["run"]["on_failure"] not in ("restart", "drop", "stop"):
+        raise ConfigError(f"run.on_failure={c['run']['on_failure']} is unknown: use restart, drop or stop")
     if c["init"] not in ("auto", "independent", "shared"):
         raise ConfigError(f"init={c['init']} is unknown: use auto, independent or shared")
     check_logger(c["logger"])
@@ -180,6 +180,28 @@ def run(cfg: DictConfig | dict, *, resume: bool = False) -> Result:
         logger.close()
 
 
+def restrict_mixing(W: np.ndarray, alive: list[int]) -> np.ndarray:
+    """W without the dropped agents: their rows and columns zeroed, the others' rows renormalised."""
+    mask = np.zeros(len(W), bool)
+    mask[alive] = True
+    out = W * mask[None, :] * mask[:, None]
+    sums = out.sum(1, keepdims=True)
+    return np.divide(out, sums, out=np.zeros_like(out), where=sums > 0)
+
+
+def check_connected(topology, alive: list[int], dropped: list[int]) -> None:
+    """Dropping agents must leave the remaining graph connected."""
+    import networkx as nx
+
+    top = topology.steps[0] if isinstance(topology, topologies.TimeVarying) else topology
+    g = nx.Graph(top.graph.subgraph(alive)) if not top.directed else nx.DiGraph(top.graph.subgraph(alive))
+    ok = nx.is_strongly_connected(g) if g.is_directed() else nx.is_connected(g)
+    if not ok:
+        raise RuntimeError(
+            f"dropping agents {dropped} disconnects the {top.name} topology: use run.on_failure=restart"
+        )
+
+
 def _check_storage(backend, run_dir: Path) -> None:
     """On a multi-node cluster every agent host must see the run folder (checkpoints go there)."""
     blind = [h for h, ok in enumerate(backend.call("sees", str(run_dir))) if not ok]
@@ -205,6 +227,7 @@ class Driver:
         self.communicates = ALGORITHMS[c["algorithm"]["name"]].communicates
         self.mixing = ALGORITHMS[c["algorithm"]["name"]].mixing
         self.records: list[dict] = []
+        self.alive = list(range(n))  # agents still running (run.on_failure=drop removes some)
         self.t_start = time.perf_counter()
 
     def run(self, resume: bool) -> Result:
@@ -230,7 +253,7 @@ class Driver:
                 restarts += 1
         summary = _summarize(self.c, self.ledger, self.records)
         if c["final_merge"] and self.communicates:
-            summary.update(_final_merge(c, self.s, self.backend, self.n, self.test_counts, self.state_bytes))
+            summary.update(_final_merge(c, self.s, self.backend, len(self.alive), self.test_counts, self.state_bytes))
         summary["host_restarts"] = restarts
         summary["nodes"] = len(set(self.backend.call("node")))
         summary["wall_s"] = time.perf_counter() - self.t_start
@@ -240,7 +263,7 @@ class Driver:
         return Result(self.writer.dir, summary, self.records)
 
     def round(self, r: int) -> None:
-        c, s, backend, n = self.c, self.s, self.backend, self.n
+        c, s, backend, n = self.c, self.s, self.backend, len(self.alive)
         R, spr = c["rounds"], s.steps_per_round
         losses = _merge_dicts(backend.call("train", spr))
         rolled_back = [i for i, v in losses.items() if v == float("inf")]
@@ -250,6 +273,8 @@ class Driver:
         due = r % c["eval"]["every"] == 0 or r == R
         top = s.topology.at(r - 1) if isinstance(s.topology, topologies.TimeVarying) else s.topology
         W = topologies.column_stochastic(top) if self.mixing == "column" else top.W
+        if n < self.n:
+            W = restrict_mixing(W, self.alive)
         rec: dict = {"round": r, "step": progress.step}
         measured: dict = {}
         if self.communicates and (due or self.schedule.name == "consensus"):
@@ -265,6 +290,8 @@ class Driver:
         if not due:
             return
         rec.update(_measure(backend, n, self.test_counts, self.own))
+        if n < self.n:
+            rec["agents"] = self.alive
         rec["acc_after_merge"] = rec["acc_mean"]
         rec.update(
             bytes_total=self.ledger.total, bytes_round=round_bytes, budget_spent=self.schedule.spent_bytes,
@@ -297,15 +324,25 @@ class Driver:
         shutil.rmtree(old, ignore_errors=True)
 
     def recover(self, failure: HostFailure, r: int) -> int:
-        """A host died in round r: restart it, roll every agent back to the last checkpoint, replay."""
-        if self.c["run"]["on_failure"] != "restart" or not self.c["run"]["checkpoint_every"]:
+        """A host died in round r: restart it (or drop its agents), roll back to the last checkpoint, replay."""
+        mode = self.c["run"]["on_failure"]
+        if mode == "stop" or not self.c["run"]["checkpoint_every"]:
             raise failure
-        self.display.print(f"[yellow]{failure} in round {r}: restarting it from the last checkpoint[/]")
-        self.backend.restart(failure.host)
+        event: dict = {"event": f"host_{mode}", "host": failure.host, "failed_round": r}
+        if mode == "restart":
+            self.display.print(f"[yellow]{failure} in round {r}: restarting it from the last checkpoint[/]")
+            self.backend.restart(failure.host)
+        else:
+            dropped = self.backend.groups[failure.host]
+            alive = [i for i in self.alive if i not in dropped]
+            check_connected(self.s.topology, alive, dropped)
+            self.display.print(f"[yellow]{failure} in round {r}: dropping agents {dropped}, replaying without them[/]")
+            self.backend.drop(failure.host)
+            self.alive, event["agents_dropped"] = alive, dropped
         back = self.restore()
         if back is None:
             raise failure
-        self.writer.append({"round": back, "event": "host_restart", "host": failure.host, "failed_round": r})
+        self.writer.append({"round": back, **event})
         return back
 
     def restore(self) -> int | None:
@@ -368,8 +405,8 @@ def _consensus(backend, n: int) -> tuple[float, np.ndarray]:
 def _measure(backend, n: int, test_counts: np.ndarray, own: np.ndarray) -> dict:
     """Accuracies of every agent and of the average model, and the consensus distance."""
     correct = _merge_dicts(backend.call("evaluate"))
-    acc = [accuracy(correct[i], test_counts) for i in range(n)]
-    acc_own = [accuracy(correct[i], test_counts, own[i]) for i in range(n)]
+    acc = [accuracy(correct[i], test_counts) for i in correct]
+    acc_own = [accuracy(correct[i], test_counts, own[i]) for i in correct]
     consensus, mean = _consensus(backend, n)
     avg_correct = backend.call_one(0, "evaluate_state", mean.astype(np.float32))
     return {

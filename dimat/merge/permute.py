@@ -28,12 +28,17 @@ def _axes_by_key(spec: PermutationSpec) -> dict[str, list[tuple[str, int]]]:
 
 
 def apply_permutation(spec: PermutationSpec, perm: Perm, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A new state with every tensor permuted along its groups' axes (keys outside the spec copied as-is)."""
+    """A new state with every tensor permuted along its groups' axes.
+
+    Keys outside the spec, and groups missing from `perm`, are left as they
+    are, so a partial dict (e.g. optimizer buffers keyed by parameter name) works.
+    """
     axes = _axes_by_key(spec)
     out = {}
     for key, t in state.items():
         for g, axis in axes.get(key, ()):
-            t = t.index_select(axis, perm[g].to(t.device))
+            if g in perm:
+                t = t.index_select(axis, perm[g].to(t.device))
         out[key] = t
     return out
 
@@ -207,50 +212,105 @@ def activation_matching(
 ) -> Perm:
     """Match units by the Pearson correlation of the inputs to each group's consumer layers.
 
-    Sufficient statistics (sums, squares, cross-products) are accumulated batch
-    by batch; constant or dead units get correlation 0, never NaN. A residual
-    group sums the correlations over all its consumers.
+    Both models run in eval mode on the same batches (their BatchNorm
+    statistics should be meaningful: reset them first if in doubt). Sufficient
+    statistics are accumulated batch by batch; constant or dead units get
+    correlation 0, never NaN. A residual group sums the correlations over all
+    its consumers. Training flags are restored; no weights change.
     """
-    consumers = {m for mods in spec.consumers.values() for m in mods}
+    names = sorted({m for mods in spec.consumers.values() for m in mods})
     captured: dict[tuple[int, str], torch.Tensor] = {}
-
-    def hook(side: int, name: str):
-        def fn(_module, inputs, _output):
-            x = inputs[0]
-            captured[(side, name)] = x.flatten(2) if x.dim() > 2 else x[:, :, None]  # [B, C, positions]
-
-        return fn
-
-    handles = []
-    for side, model in enumerate((ref_model, other_model)):
-        mods = dict(model.named_modules())
-        handles += [mods[name].register_forward_hook(hook(side, name)) for name in consumers]
-    modes = (ref_model.training, other_model.training)
+    handles = [
+        dict(model.named_modules())[name].register_forward_hook(_capture(captured, side, name))
+        for side, model in enumerate((ref_model, other_model))
+        for name in names
+    ]
+    flags = [{m: m.training for m in model.modules()} for model in (ref_model, other_model)]
     ref_model.eval()
     other_model.eval()
-    stats: dict[str, list[torch.Tensor]] = {}
+    stats: dict[str, _CrossStats] = {}
+    alias: dict[str, str] = {}
     try:
         for s in range(0, len(data), batch_size):
             xb = data[s : s + batch_size]
             ref_model(xb)
             other_model(xb)
-            for name in consumers:
-                a, b = captured[(0, name)], captured[(1, name)]
-                upd = [
-                    a.sum((0, 2), dtype=torch.float64), b.sum((0, 2), dtype=torch.float64),
-                    torch.einsum("bip,bip->i", a, a).double(), torch.einsum("bip,bip->i", b, b).double(),
-                    torch.einsum("bip,bjp->ij", a, b).double(), a.shape[0] * a.shape[2],
-                ]
-                stats[name] = upd if name not in stats else [x + y for x, y in zip(stats[name], upd)]
+            if not alias:
+                alias = _same_inputs(names, captured)
+            for name in set(alias.values()):
+                stats.setdefault(name, _CrossStats()).add(captured[(0, name)], captured[(1, name)])
+            captured.clear()
     finally:
         for h in handles:
             h.remove()
-        ref_model.train(modes[0])
-        other_model.train(modes[1])
+        for f in flags:
+            for m, flag in f.items():
+                m.training = flag
+    return _assign_by_correlation(spec, stats, alias, ref_model, other_model, eps)
+
+
+def _capture(captured: dict, side: int, name: str):
+    def hook(_module, inputs, _output):
+        captured[(side, name)] = inputs[0]
+
+    return hook
+
+
+def _same_inputs(names: list[str], captured: dict) -> dict[str, str]:
+    """Consumers fed the very same tensor (a block's conv1 and its shortcut) share one set of statistics."""
+    first: dict[tuple, str] = {}
+    alias = {}
+    for name in names:
+        a, b = captured[(0, name)], captured[(1, name)]
+        ident = (a.data_ptr(), tuple(a.shape), b.data_ptr(), tuple(b.shape))
+        alias[name] = first.setdefault(ident, name)
+    return alias
+
+
+class _CrossStats:
+    """Running sums for the Pearson correlation of two [batch, channels, ...] activations.
+
+    Values are shifted by the first batch's channel means (covariance is
+    shift-invariant; the shift avoids cancellation in E[xy] − E[x]E[y]), summed
+    per batch in float32 (one matmul) and accumulated in float64.
+    """
+
+    def __init__(self):
+        self.shift: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.sums: list[torch.Tensor] = []
+        self.n = 0
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        xa, xb = _channels_first(a), _channels_first(b)
+        if self.shift is None:
+            self.shift = (xa.mean(1, keepdim=True), xb.mean(1, keepdim=True))
+        xa, xb = xa - self.shift[0], xb - self.shift[1]
+        batch = [xa.sum(1), xb.sum(1), xa.square().sum(1), xb.square().sum(1), xa @ xb.T]
+        batch = [t.double() for t in batch]
+        self.sums = batch if not self.sums else [x + y for x, y in zip(self.sums, batch)]
+        self.n += xa.shape[1]
+
+    def correlation(self, eps: float) -> torch.Tensor:
+        sa, sb, saa, sbb, sab = (t / self.n for t in self.sums)
+        cov = sab - sa[:, None] * sb[None, :]
+        sda = (saa - sa * sa).clamp_min(0).sqrt()
+        sdb = (sbb - sb * sb).clamp_min(0).sqrt()
+        corr = cov / (sda[:, None] * sdb[None, :] + eps)
+        return torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    """[batch, C, *spatial] → [C, batch·positions] (one copy for images, a view for vectors)."""
+    x = x.float()
+    return x.T if x.dim() == 2 else x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+def _assign_by_correlation(spec, stats, alias, ref_model, other_model, eps) -> Perm:
     perm = {}
     ref_sd, oth_sd = ref_model.state_dict(), other_model.state_dict()
     for g, mods in spec.consumers.items():
-        corr = sum(_correlation(*stats[m], eps=eps) for m in mods)
+        n = spec.sizes[g]
+        corr = sum((stats[alias[m]].correlation(eps) for m in mods), torch.zeros(n, n, dtype=torch.float64))
         # dead or constant units correlate with nothing: their weights break the tie
         corr = corr + 1e-3 * _weight_similarity(spec, g, ref_sd, oth_sd)
         _, cols = linear_sum_assignment(corr.numpy(), maximize=True)
@@ -265,15 +325,6 @@ def _weight_similarity(spec: PermutationSpec, g: str, ref: dict, other: dict) ->
     a = torch.cat([ref[k].detach().float().movedim(ax, 0).reshape(n, -1) for k, ax in pairs], 1)
     b = torch.cat([other[k].detach().float().movedim(ax, 0).reshape(n, -1) for k, ax in pairs], 1)
     return (torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).T).double()
-
-
-def _correlation(sa, sb, saa, sbb, sab, n, *, eps: float) -> torch.Tensor:
-    ma, mb = sa / n, sb / n
-    cov = sab / n - ma[:, None] * mb[None, :]
-    sda = (saa / n - ma * ma).clamp_min(0).sqrt()
-    sdb = (sbb / n - mb * mb).clamp_min(0).sqrt()
-    corr = cov / (sda[:, None] * sdb[None, :] + eps)
-    return torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def merge(states: list[dict[str, torch.Tensor]], weights: list[float] | torch.Tensor) -> dict[str, torch.Tensor]:

@@ -17,36 +17,17 @@ them). Check one with `check_spec(model, spec, example_input)`.
 from __future__ import annotations
 
 import copy
-import operator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.fx import symbolic_trace
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils._pytree import tree_leaves
+
+from dimat.merge.trace import Derivation, trace
 
 
 class SpecError(ValueError):
     """A permutation spec could not be derived or fails its self-test."""
-
-
-PASS_MODULES = (
-    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Hardtanh, nn.ReLU6,
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity,
-)
-PASS_FUNCTIONS = {
-    torch.relu, torch.nn.functional.relu, torch.nn.functional.gelu, torch.sigmoid, torch.tanh,
-    torch.nn.functional.max_pool2d, torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool2d,
-    torch.nn.functional.dropout, torch.nn.functional.silu, torch.nn.functional.leaky_relu,
-}
-PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "detach"}
-# shape queries read no values, so they neither pass nor pin a group
-SHAPE_METHODS = {"size", "dim"}
-# elementwise arithmetic with a plain number commutes with any channel permutation
-SCALAR_FUNCTIONS = {operator.mul, operator.truediv, operator.add, operator.sub, operator.neg, torch.mul}
-SCALAR_METHODS = {"mul", "div", "add", "sub", "neg"}
-MERGE_FUNCTIONS = {operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub}
-MERGE_METHODS = {"add", "sub", "add_", "sub_"}
 
 
 @dataclass(frozen=True)
@@ -81,159 +62,23 @@ class PermutationSpec:
         return [(g, ax) for g, pairs in self.groups.items() for k, ax in pairs if k == key]
 
 
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[int, int] = {}
-
-    def make(self) -> int:
-        i = len(self.parent)
-        self.parent[i] = i
-        return i
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> int:
-        ra, rb = self.find(a), self.find(b)
-        self.parent[rb] = ra
-        return ra
-
-
 def _derive(model: nn.Module, example: torch.Tensor) -> PermutationSpec:
     try:
-        gm = symbolic_trace(model)
+        gm = trace(model, example)
     except Exception as e:  # noqa: BLE001 - any tracing failure gets the same advice
         raise SpecError(
             f"{type(model).__name__} cannot be traced by torch.fx ({type(e).__name__}: {str(e).splitlines()[0]}): "
             "build a PermutationSpec(groups=..., sizes=..., consumers=...) by hand and check it with check_spec"
         ) from e
-    was_training = model.training
-    gm.eval()
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example)
-    model.train(was_training)
-    uf = _UnionFind()
-    pinned: set[int] = set()
-    group_of: dict[str, int | None] = {}  # fx node name -> channel group of its output (None: identity)
-    # (root id, key, axis) entries and consumer modules, resolved to groups at the end
-    entries: list[tuple[int, str, int]] = []
-    consumers: list[tuple[int, str]] = []
-    modules = dict(gm.named_modules())
-
-    def shape(node) -> tuple[int, ...]:
-        meta = node.meta.get("tensor_meta")
-        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
-
-    def inp(node, i=0):
-        a = node.args[i] if len(node.args) > i else None
-        return group_of.get(a.name) if isinstance(a, torch.fx.Node) else None
-
-    def pin_inputs(node):
-        for a in node.all_input_nodes:
-            g = group_of.get(a.name)
-            if g is not None:
-                pinned.add(uf.find(g))
-
-    for node in gm.graph.nodes:
-        g_out: int | None = None
-        if node.op == "placeholder":
-            g_out = None
-        elif node.op == "call_module":
-            m = modules[node.target]
-            g_in = inp(node)
-            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d)) and getattr(m, "groups", 1) == 1:
-                if g_in is not None:
-                    entries.append((g_in, f"{node.target}.weight", 1))
-                    consumers.append((g_in, node.target))
-                g_out = uf.make()
-                entries.append((g_out, f"{node.target}.weight", 0))
-                if m.bias is not None:
-                    entries.append((g_out, f"{node.target}.bias", 0))
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                g_out = g_in
-                if g_in is not None:
-                    names = [n for n in ("weight", "bias") if getattr(m, n) is not None]
-                    names += [n for n in ("running_mean", "running_var") if getattr(m, n) is not None]
-                    entries += [(g_in, f"{node.target}.{n}", 0) for n in names]
-            elif isinstance(m, nn.GroupNorm) and m.num_groups == 1:
-                g_out = g_in
-                if g_in is not None and m.affine:
-                    entries += [(g_in, f"{node.target}.{n}", 0) for n in ("weight", "bias")]
-            elif isinstance(m, PASS_MODULES):
-                g_out = g_in
-            elif isinstance(m, nn.Flatten):
-                g_out = g_in if _spatial_one(shape(node.args[0])) else None
-                if g_out is None:
-                    pin_inputs(node)
-            else:
-                pin_inputs(node)
-        elif node.op in ("call_function", "call_method"):
-            fn = node.target
-            if fn is getattr or (node.op == "call_method" and fn in SHAPE_METHODS):
-                g_out = None
-            elif _scalar_op(node):
-                g_out = inp(node)
-            elif fn in MERGE_FUNCTIONS or (node.op == "call_method" and fn in MERGE_METHODS):
-                gs = [group_of.get(a.name) for a in node.args if isinstance(a, torch.fx.Node)]
-                if len(gs) == 2 and None not in gs:
-                    g_out = uf.union(gs[0], gs[1])
-                else:  # an operand from an identity-basis tensor pins the whole stream
-                    pin_inputs(node)
-            elif fn in PASS_FUNCTIONS or (node.op == "call_method" and fn in PASS_METHODS):
-                g_out = inp(node)
-            elif fn in (torch.flatten,) or (node.op == "call_method" and fn in ("flatten", "view", "reshape")):
-                src = node.args[0]
-                g_out = inp(node) if _spatial_one(shape(src)) and len(shape(node)) == 2 else None
-                if g_out is None:
-                    pin_inputs(node)
-            else:
-                pin_inputs(node)
-        elif node.op == "output":
-            pin_inputs(node)
-        if g_out is not None:
-            group_of[node.name] = g_out
-    return _assemble(model, uf, pinned, entries, consumers)
-
-
-def _scalar_op(node) -> bool:
-    """x * 2, x - 0.5, -x: one tensor operand and otherwise plain numbers."""
-    known = node.target in (SCALAR_METHODS if node.op == "call_method" else SCALAR_FUNCTIONS)
-    tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
-    numbers = [a for a in node.args if isinstance(a, (int, float))]
-    return known and not node.kwargs and len(tensors) == 1 and len(tensors) + len(numbers) == len(node.args)
-
-
-def _spatial_one(shape: tuple[int, ...]) -> bool:
-    return len(shape) >= 2 and all(s == 1 for s in shape[2:])
-
-
-def _assemble(model, uf, pinned, entries, consumers) -> PermutationSpec:
-    state = model.state_dict()
-    pinned_roots = {uf.find(p) for p in pinned}
-    roots = sorted({uf.find(g) for g, _, _ in entries} - pinned_roots)
-    name = {r: f"P{i}" for i, r in enumerate(roots)}
-    groups: dict[str, list[tuple[str, int]]] = {name[r]: [] for r in roots}
-    cons: dict[str, list[str]] = {name[r]: [] for r in roots}
-    for g, key, axis in entries:
-        r = uf.find(g)
-        if r in name and (key, axis) not in groups[name[r]]:
-            groups[name[r]].append((key, axis))
-    for g, module in consumers:
-        r = uf.find(g)
-        if r in name and module not in cons[name[r]]:
-            cons[name[r]].append(module)
-    sizes = {}
-    for gname, pairs in groups.items():
+    found, state = Derivation(gm), model.state_dict()
+    groups, sizes, consumers = {}, {}, {}
+    for i, (root, pairs) in enumerate(found.groups(state).items()):
         lengths = {state[k].shape[ax] for k, ax in pairs}
         if len(lengths) != 1:
-            raise SpecError(f"group {gname} mixes axes of different lengths {sorted(lengths)}: {pairs[:4]}")
-        sizes[gname] = lengths.pop()
-    return PermutationSpec(
-        {g: tuple(p) for g, p in groups.items()}, sizes, {g: tuple(c) for g, c in cons.items()}
-    )
+            raise SpecError(f"group P{i} mixes axes of different lengths {sorted(lengths)}: {pairs[:4]}")
+        groups[f"P{i}"], sizes[f"P{i}"] = tuple(pairs), lengths.pop()
+        consumers[f"P{i}"] = tuple(found.consumers_of(root))
+    return PermutationSpec(groups, sizes, consumers)
 
 
 def _check_structure(spec: PermutationSpec, state: dict[str, torch.Tensor], modules: dict[str, nn.Module]) -> None:
@@ -261,33 +106,67 @@ def random_permutation(spec: PermutationSpec, seed: int = 0) -> dict[str, torch.
 
 
 def check_spec(model: nn.Module, spec: PermutationSpec, example_input: torch.Tensor, *, seed: int = 0) -> None:
-    """A randomly permuted copy (with randomised BN statistics) must compute the same outputs in eval mode."""
+    """The self-test: a randomly permuted copy must compute the same outputs (eval mode).
+
+    Runs in float64 where the model allows, with randomised norm statistics and
+    affine parameters (at init they are 0/1, which would hide a missed
+    permutation). Raises SpecError naming the first group that breaks it.
+    """
     from dimat.merge.permute import apply_permutation
 
-    _check_structure(spec, model.state_dict(), dict(model.named_modules()))
-    ref = copy.deepcopy(model).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # random BN statistics, so a wrongly permuted buffer shows
-        for m in ref.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen))
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    state = model.state_dict()
+    _check_structure(spec, state, dict(model.named_modules()))
+    ref, x, tol = _test_copy(model, example_input, seed)
     permuted = copy.deepcopy(ref)
     perm = random_permutation(spec, seed)
-    permuted.load_state_dict(apply_permutation(spec, perm, ref.state_dict()))
-    with torch.no_grad():
-        a, b = ref(example_input), permuted(example_input)
-    if torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()) + 1e-5):
+
+    def same(p: dict[str, torch.Tensor]) -> bool:
+        permuted.load_state_dict(apply_permutation(spec, p, ref.state_dict()))
+        return _same_outputs(ref, permuted, x, tol)
+
+    if same(perm):
         return
-    # locate the first group whose permutation alone breaks equivalence
-    for g in spec.groups:
-        single = {h: (p if h == g else torch.arange(spec.sizes[h])) for h, p in perm.items()}
-        permuted.load_state_dict(apply_permutation(spec, single, ref.state_dict()))
-        with torch.no_grad():
-            if not torch.allclose(ref(example_input), permuted(example_input), rtol=1e-4, atol=1e-4):
-                layers = sorted({k.rsplit(".", 1)[0] for k, _ in spec.groups[g]})
-                raise SpecError(
-                    f"permutation spec self-test failed: permuting group {g} (layers {', '.join(layers[:6])}) "
-                    "changes the model's outputs; a layer there mixes channels in a way the spec misses"
-                )
-    raise SpecError("permutation spec self-test failed: a permuted copy computes different outputs")
+    for g in spec.groups:  # locate the first group whose permutation alone breaks equivalence
+        if not same({g: perm[g]}):
+            layers = sorted({k.rsplit(".", 1)[0] for k, _ in spec.groups[g]})
+            raise SpecError(
+                f"permutation spec self-test failed: permuting group {g} (layers {', '.join(layers[:6])}) "
+                "changes the model's outputs; a layer there mixes channels in a way the spec misses"
+            )
+    raise SpecError("permutation spec self-test failed: permuting all groups together changes the outputs")
+
+
+def _test_copy(model: nn.Module, x: torch.Tensor, seed: int) -> tuple[nn.Module, torch.Tensor, float]:
+    """An eval-mode copy with random norm parameters, in float64 if it runs there (else float32)."""
+    ref = _randomise_norms(copy.deepcopy(model).eval(), seed)
+    if x.is_floating_point():
+        try:
+            with torch.no_grad():
+                ref.double()(x.double())
+            return ref, x.double(), 1e-9
+        except Exception:  # noqa: BLE001 - some ops have no float64 kernel: test in float32
+            ref.float()
+    return ref, x, 1e-4
+
+
+@torch.no_grad()
+def _randomise_norms(model: nn.Module, seed: int) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed + 1)
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+    for m in model.modules():
+        if not isinstance(m, norms):
+            continue
+        for name, make in (("running_mean", torch.randn), ("bias", torch.randn)):
+            if getattr(m, name, None) is not None:
+                getattr(m, name).copy_(make(getattr(m, name).shape, generator=gen))
+        for name in ("running_var", "weight"):
+            if getattr(m, name, None) is not None:
+                getattr(m, name).copy_(torch.rand(getattr(m, name).shape, generator=gen) + 0.5)
+    return model
+
+
+@torch.no_grad()
+def _same_outputs(a: nn.Module, b: nn.Module, x: torch.Tensor, tol: float) -> bool:
+    """Every output tensor (nested outputs included) agrees to ``tol`` relative to its scale."""
+    outs = [(u, v) for u, v in zip(tree_leaves(a(x)), tree_leaves(b(x))) if isinstance(u, torch.Tensor)]
+    return all(torch.allclose(u, v, rtol=tol, atol=tol * (1.0 + float(u.abs().max()))) for u, v in outs)

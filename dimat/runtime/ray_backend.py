@@ -76,6 +76,11 @@ class RayBackend(Backend):
         self.hosts[host] = self._start(host)
         self.call_one(host, "ping")
 
+    def drop(self, host: int) -> None:
+        """Forget a dead host and its agents for the rest of the run."""
+        ray.kill(self.hosts.pop(host))
+        self.groups.pop(host)
+
     def _get(self, refs: list, hosts: list[int]) -> list[Any]:
         """Results in order; a dead or hung actor becomes HostFailure naming its host."""
         out = []

@@ -54,3 +54,29 @@ def test_a_run_folder_the_hosts_cannot_see_is_refused(tiny, monkeypatch):
     monkeypatch.setattr(AgentHost, "sees", lambda self, folder: False)  # as if run.dir were node-local elsewhere
     with pytest.raises(experiment.ConfigError, match="every node shares"):
         run(tiny("algorithm=dsgd", "backend=inprocess"))
+
+
+def test_drop_goes_on_without_the_dead_hosts_agents(tiny, monkeypatch):
+    real_round = experiment.Driver.round
+
+    def kill(self, r):
+        if r == 3 and len(self.backend.hosts) == 3:
+            ray.kill(self.backend.hosts[1])  # agents 2 and 3
+        real_round(self, r)
+
+    monkeypatch.setattr(experiment.Driver, "round", kill)
+    res = run(tiny(*COMMON, "agents=6", "run.on_failure=drop"))
+    events = [r for r in read_metrics(res.run_dir) if "event" in r]
+    assert events == [{"round": 2, "event": "host_drop", "host": 1, "failed_round": 3, "agents_dropped": [2, 3]}]
+    assert [r["round"] for r in res.records] == [1, 2, 3, 4]
+    assert res.records[-1]["agents"] == [0, 1, 4, 5] and len(res.records[-1]["acc"]) == 4
+    assert res.records[-1]["bytes_sent"][2] == res.records[1]["bytes_sent"][2]  # dropped agents send no more
+
+
+def test_a_drop_that_would_disconnect_the_graph_stops_the_run():
+    import topologies
+
+    ring = topologies.build("ring", 6)
+    experiment.check_connected(ring, [0, 1, 2, 3], [4, 5])  # a path: still connected
+    with pytest.raises(RuntimeError, match="disconnects"):
+        experiment.check_connected(ring, [0, 1, 3, 4], [2, 5])
