@@ -41,7 +41,7 @@ def main() -> None:
     t = Table(title=f"permutation matching per pair · {a.threads} threads · {a.samples} samples for activations")
     for col in ("model", "params", "WM s", "sweeps", "AM s", "forward both s", "AM / forward"):
         t.add_column(col, justify="right")
-    for name, width in (("resnet20", 1), ("resnet20", 4), ("resnet20", 8), ("vgg16", 4)):
+    for name, width in (("resnet20", 1), ("resnet20", 4), ("resnet20", 8), ("vgg16", 8)):
         torch.manual_seed(0)
         a_model, b_model = build_model(name, shape, 10, width=width), build_model(name, shape, 10, width=width)
         spec = PermutationSpec.from_model(a_model, data[:2])

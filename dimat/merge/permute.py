@@ -284,8 +284,9 @@ class _CrossStats:
         xa, xb = _channels_first(a), _channels_first(b)
         if self.shift is None:
             self.shift = (xa.mean(1, keepdim=True), xb.mean(1, keepdim=True))
-        xa, xb = xa - self.shift[0], xb - self.shift[1]
-        batch = [xa.sum(1), xb.sum(1), xa.square().sum(1), xb.square().sum(1), xa @ xb.T]
+        xa, xb = _shifted(xa, self.shift[0]), _shifted(xb, self.shift[1])
+        norm = torch.linalg.vector_norm
+        batch = [xa.sum(1), xb.sum(1), norm(xa, dim=1).square(), norm(xb, dim=1).square(), xa @ xb.T]
         batch = [t.double() for t in batch]
         self.sums = batch if not self.sums else [x + y for x, y in zip(self.sums, batch)]
         self.n += xa.shape[1]
@@ -300,9 +301,14 @@ class _CrossStats:
 
 
 def _channels_first(x: torch.Tensor) -> torch.Tensor:
-    """[batch, C, *spatial] → [C, batch·positions] (one copy for images, a view for vectors)."""
+    """[batch, C, *spatial] → [C, batch·positions] (a fresh copy for images, a view for vectors)."""
     x = x.float()
     return x.T if x.dim() == 2 else x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+def _shifted(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    # in place only on our own copy: a view would write into the model's activations
+    return x.sub_(shift) if x.is_contiguous() and x._base is None else x - shift
 
 
 def _assign_by_correlation(spec, stats, alias, ref_model, other_model, eps) -> Perm:
