@@ -8,15 +8,15 @@ axis of group g.
 
 from __future__ import annotations
 
+import copy as _copy
 from dataclasses import dataclass
 
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from dimat.merge.spec import PermutationSpec
-
-Perm = dict[str, torch.Tensor]
+from dimat.merge.activation import activation_matching
+from dimat.merge.spec import Perm, PermutationSpec
 
 
 def _axes_by_key(spec: PermutationSpec) -> dict[str, list[tuple[str, int]]]:
@@ -200,139 +200,6 @@ def _descend(spec: PermutationSpec, costs: _CostMatrices, perm: Perm, max_sweeps
     return perm, sweeps
 
 
-@torch.no_grad()
-def activation_matching(
-    spec: PermutationSpec,
-    ref_model: nn.Module,
-    other_model: nn.Module,
-    data: torch.Tensor,
-    *,
-    batch_size: int = 256,
-    eps: float = 1e-8,
-) -> Perm:
-    """Match units by the Pearson correlation of the inputs to each group's consumer layers.
-
-    Both models run in eval mode on the same batches (their BatchNorm
-    statistics should be meaningful: reset them first if in doubt). Sufficient
-    statistics are accumulated batch by batch; constant or dead units get
-    correlation 0, never NaN. A residual group sums the correlations over all
-    its consumers. Training flags are restored; no weights change.
-    """
-    names = sorted({m for mods in spec.consumers.values() for m in mods})
-    captured: dict[tuple[int, str], torch.Tensor] = {}
-    handles = [
-        dict(model.named_modules())[name].register_forward_hook(_capture(captured, side, name))
-        for side, model in enumerate((ref_model, other_model))
-        for name in names
-    ]
-    flags = [{m: m.training for m in model.modules()} for model in (ref_model, other_model)]
-    ref_model.eval()
-    other_model.eval()
-    stats: dict[str, _CrossStats] = {}
-    alias: dict[str, str] = {}
-    try:
-        for s in range(0, len(data), batch_size):
-            xb = data[s : s + batch_size]
-            ref_model(xb)
-            other_model(xb)
-            if not alias:
-                alias = _same_inputs(names, captured)
-            for name in set(alias.values()):
-                stats.setdefault(name, _CrossStats()).add(captured[(0, name)], captured[(1, name)])
-            captured.clear()
-    finally:
-        for h in handles:
-            h.remove()
-        for f in flags:
-            for m, flag in f.items():
-                m.training = flag
-    return _assign_by_correlation(spec, stats, alias, ref_model, other_model, eps)
-
-
-def _capture(captured: dict, side: int, name: str):
-    def hook(_module, inputs, _output):
-        captured[(side, name)] = inputs[0]
-
-    return hook
-
-
-def _same_inputs(names: list[str], captured: dict) -> dict[str, str]:
-    """Consumers fed the very same tensor (a block's conv1 and its shortcut) share one set of statistics."""
-    first: dict[tuple, str] = {}
-    alias = {}
-    for name in names:
-        a, b = captured[(0, name)], captured[(1, name)]
-        ident = (a.data_ptr(), tuple(a.shape), b.data_ptr(), tuple(b.shape))
-        alias[name] = first.setdefault(ident, name)
-    return alias
-
-
-class _CrossStats:
-    """Running sums for the Pearson correlation of two [batch, channels, ...] activations.
-
-    Values are shifted by the first batch's channel means (covariance is
-    shift-invariant; the shift avoids cancellation in E[xy] − E[x]E[y]), summed
-    per batch in float32 (one matmul) and accumulated in float64.
-    """
-
-    def __init__(self):
-        self.shift: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.sums: list[torch.Tensor] = []
-        self.n = 0
-
-    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        xa, xb = _channels_first(a), _channels_first(b)
-        if self.shift is None:
-            self.shift = (xa.mean(1, keepdim=True), xb.mean(1, keepdim=True))
-        xa, xb = _shifted(xa, self.shift[0]), _shifted(xb, self.shift[1])
-        norm = torch.linalg.vector_norm
-        batch = [xa.sum(1), xb.sum(1), norm(xa, dim=1).square(), norm(xb, dim=1).square(), xa @ xb.T]
-        batch = [t.double() for t in batch]
-        self.sums = batch if not self.sums else [x + y for x, y in zip(self.sums, batch)]
-        self.n += xa.shape[1]
-
-    def correlation(self, eps: float) -> torch.Tensor:
-        sa, sb, saa, sbb, sab = (t / self.n for t in self.sums)
-        cov = sab - sa[:, None] * sb[None, :]
-        sda = (saa - sa * sa).clamp_min(0).sqrt()
-        sdb = (sbb - sb * sb).clamp_min(0).sqrt()
-        corr = cov / (sda[:, None] * sdb[None, :] + eps)
-        return torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _channels_first(x: torch.Tensor) -> torch.Tensor:
-    """[batch, C, *spatial] → [C, batch·positions] (a fresh copy for images, a view for vectors)."""
-    x = x.float()
-    return x.T if x.dim() == 2 else x.transpose(0, 1).reshape(x.shape[1], -1)
-
-
-def _shifted(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    # in place only on our own copy: a view would write into the model's activations
-    return x.sub_(shift) if x.is_contiguous() and x._base is None else x - shift
-
-
-def _assign_by_correlation(spec, stats, alias, ref_model, other_model, eps) -> Perm:
-    perm = {}
-    ref_sd, oth_sd = ref_model.state_dict(), other_model.state_dict()
-    for g, mods in spec.consumers.items():
-        n = spec.sizes[g]
-        corr = sum((stats[alias[m]].correlation(eps) for m in mods), torch.zeros(n, n, dtype=torch.float64))
-        # dead or constant units correlate with nothing: their weights break the tie
-        corr = corr + 1e-3 * _weight_similarity(spec, g, ref_sd, oth_sd)
-        _, cols = linear_sum_assignment(corr.numpy(), maximize=True)
-        perm[g] = torch.as_tensor(cols, dtype=torch.long)
-    return perm
-
-
-def _weight_similarity(spec: PermutationSpec, g: str, ref: dict, other: dict) -> torch.Tensor:
-    """Cosine similarity of the units' weights (all tensors of the group, other axes unpermuted)."""
-    n = spec.sizes[g]
-    pairs = [(k, ax) for k, ax in spec.groups[g] if not _is_stat(k)]
-    a = torch.cat([ref[k].detach().float().movedim(ax, 0).reshape(n, -1) for k, ax in pairs], 1)
-    b = torch.cat([other[k].detach().float().movedim(ax, 0).reshape(n, -1) for k, ax in pairs], 1)
-    return (torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).T).double()
-
-
 def merge(states: list[dict[str, torch.Tensor]], weights: list[float] | torch.Tensor) -> dict[str, torch.Tensor]:
     """Σ_k w_k·state_k for float tensors (accumulated in float32, returned in their dtype).
 
@@ -364,29 +231,63 @@ def align(
     init: list[Perm | None] | None = None,
     **kw,
 ) -> tuple[list[dict], list[Perm]]:
-    """Every state in `others` permuted into the reference's basis, and the permutations found."""
+    """Every state in `others` permuted into the reference's basis, and the permutations found.
+
+    method="weight": `weight_matching` (keywords such as `restarts` pass
+    through; `init` warm-starts each neighbour). method="activation":
+    `activation_matching` on `data`, loading each state into `model`, a
+    template module (a dict `reference` is loaded into a copy of it). BatchNorm
+    statistics are used as they are: `reset_bn` beforehand if they are stale.
+    """
     init = init or [None] * len(others)
-    perms: list[Perm] = []
     if method == "weight":
         ref = reference.state_dict() if isinstance(reference, nn.Module) else reference
         perms = [weight_matching(spec, ref, o, init=p, **kw)[0] for o, p in zip(others, init)]
     elif method == "activation":
-        if data is None or model is None or not isinstance(reference, nn.Module):
-            raise ValueError("activation matching needs the reference module, a template `model` and `data`")
-        for o in others:
-            model.load_state_dict(o, strict=False)
-            perms.append(activation_matching(spec, reference, model, data, **kw))
+        perms = _activation_perms(reference, others, spec, data, model, **kw)
     else:
         raise ValueError(f"merge.method={method} is unknown for alignment: use weight or activation")
     return [apply_permutation(spec, p, o) for p, o in zip(perms, others)], perms
 
 
+def _activation_perms(reference: nn.Module | dict, others: list[dict], spec: PermutationSpec,
+                      data: torch.Tensor | None, model: nn.Module | None, **kw) -> list[Perm]:
+    if data is None or model is None:
+        raise ValueError("activation matching needs `data` and a template `model` to load states into")
+    if not isinstance(reference, nn.Module):
+        reference = _loaded(model, reference, copy=True)
+    return [activation_matching(spec, reference, _loaded(model, o), data, **kw) for o in others]
+
+
+def _loaded(template: nn.Module, state: dict, *, copy: bool = False) -> nn.Module:
+    # strict=False: flat-vector states may leave out integer buffers (num_batches_tracked)
+    module = _copy.deepcopy(template) if copy else template
+    module.load_state_dict(state, strict=False)
+    return module
+
+
 def align_many(
-    states: list[dict], spec: PermutationSpec, *, method: str = "weight", max_iters: int = 20, seed: int = 0
+    states: list[dict],
+    spec: PermutationSpec,
+    *,
+    method: str = "weight",
+    max_iters: int = 20,
+    seed: int = 0,
+    data: torch.Tensor | None = None,
+    model: nn.Module | None = None,
 ) -> tuple[list[dict], list[Perm]]:
-    """MergeMany: bring all models into one common basis (each aligned in turn to the mean of the others)."""
+    """All states in one common basis, for a final global merge; returns them and their permutations.
+
+    method="weight": MergeMany — each model in turn (seeded order) is weight-matched
+    to the mean of the others, warm-started, until a full pass changes nothing or
+    `max_iters` passes. method="activation": every model is activation-matched to
+    states[0] on `data` (template `model`), whose basis is then the common one.
+    """
+    if method == "activation":
+        aligned, perms = align(states[0], states[1:], spec, "activation", data=data, model=model)
+        return [dict(states[0]), *aligned], [{g: torch.arange(n) for g, n in spec.sizes.items()}, *perms]
     if method != "weight":
-        raise ValueError("align_many supports method='weight' (it needs no data)")
+        raise ValueError(f"merge.method={method} is unknown for alignment: use weight or activation")
     n = len(states)
     perms = [{g: torch.arange(k) for g, k in spec.sizes.items()} for _ in range(n)]
     aligned = [apply_permutation(spec, p, s) for p, s in zip(perms, states)]

@@ -1,17 +1,23 @@
-"""Permutation specs, derived from the model by torch.fx, and checked by a self-test.
+"""Permutation specs: which state axes move together when hidden units are permuted.
 
-A spec says which state tensors' axes move together when hidden units are
-permuted. `PermutationSpec.from_model` traces the model and runs union-find
-over channel axes: Linear/Conv outputs start a group; BatchNorm, activations,
-pooling, dropout and GroupNorm(1, C) pass it on; residual add/sub merge the
-groups of their operands; flatten passes it only at spatial size 1; anything
-else (cat, reshape, grouped conv, GroupNorm with several groups, unknown ops)
-pins its input — as do the model's input and output.
+`PermutationSpec.from_model(model, example_input)` derives one with torch.fx
+(rules in `dimat.merge.trace`: Linear/Conv outputs start a group; norms,
+activations, pooling and dropout pass it; residual add/sub and gates merge
+groups; flatten passes only at spatial size 1; cat, other reshapes, grouped
+conv, GroupNorm with several groups and unknown ops pin — as do the model's
+input and output), then runs the self-test `check_spec`.
 
-Hand-written specs use the same structure: `groups` maps a group name to
-the (state key, axis) pairs it permutes, `sizes` its length, and `consumers`
-the modules whose *input* channels belong to it (activation matching hooks
-them). Check one with `check_spec(model, spec, example_input)`.
+A hand-written spec is the same value, e.g. for ``Sequential(Linear(4, 5),
+BatchNorm1d(5), ReLU(), Linear(5, 3))``::
+
+    hidden = (("0.weight", 0), ("0.bias", 0), ("1.weight", 0), ("1.bias", 0),
+              ("1.running_mean", 0), ("1.running_var", 0), ("3.weight", 1))
+    spec = PermutationSpec(groups={"hidden": hidden}, sizes={"hidden": 5},
+                           consumers={"hidden": ("3",)})
+    check_spec(model, spec, example_input)   # SpecError names a wrong group
+
+Write one where a model cannot be traced (data-dependent control flow) and
+keep it beside the model.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from dimat.merge.trace import Derivation, trace
 
 class SpecError(ValueError):
     """A permutation spec could not be derived or fails its self-test."""
+
+
+Perm = dict[str, torch.Tensor]  # group -> int64 index vector: unit i of the aligned model is unit perm[g][i]
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class PermutationSpec:
 
     @classmethod
     def from_model(cls, model: nn.Module, example_input: torch.Tensor, *, self_test: bool = True) -> PermutationSpec:
+        """Derive the spec by tracing `model` on `example_input` (a batch); SpecError if untraceable or wrong."""
         spec = _derive(model, example_input)
         if self_test:
             check_spec(model, spec, example_input)
@@ -83,10 +93,13 @@ def _derive(model: nn.Module, example: torch.Tensor) -> PermutationSpec:
 
 def _check_structure(spec: PermutationSpec, state: dict[str, torch.Tensor], modules: dict[str, nn.Module]) -> None:
     """Keys, axes and sizes must exist (a hand-written spec's typos would otherwise pass silently)."""
+    owner: dict[tuple[str, int], str] = {}
     for g, pairs in spec.groups.items():
         if g not in spec.sizes:
             raise SpecError(f"group {g} has no entry in sizes")
         for key, axis in pairs:
+            if owner.setdefault((key, axis), g) != g:
+                raise SpecError(f"{key} axis {axis} is in two groups, {owner[(key, axis)]} and {g}")
             if key not in state:
                 raise SpecError(f"group {g}: state key {key!r} is not in the model")
             t = state[key]
@@ -99,7 +112,7 @@ def _check_structure(spec: PermutationSpec, state: dict[str, torch.Tensor], modu
                 raise SpecError(f"group {g}: consumer module {name!r} is not in the model")
 
 
-def random_permutation(spec: PermutationSpec, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_permutation(spec: PermutationSpec, seed: int = 0) -> Perm:
     """A seeded random permutation for every group (self-tests, planted-permutation tests)."""
     gen = torch.Generator().manual_seed(seed)
     return {g: torch.randperm(n, generator=gen) for g, n in spec.sizes.items()}
