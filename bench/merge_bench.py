@@ -67,7 +67,7 @@ def bench_pair(name: str, width: int, data: torch.Tensor, repeats: int) -> list[
     fw_s, _ = best_of(forward_both, repeats)
     am_s, _ = best_of(lambda: activation_matching(spec, a_model, b_model, data), repeats)
     params = sum(p.numel() for p in a_model.parameters())
-    label = f"{name}×{width}" if name == "resnet20" else f"{name}-bn ×{width} (64…512 ch)"
+    label = f"{name}×{width}" if name == "resnet20" else f"{name}-bn×{width}"  # ×4: standard 64…512 channels
     return [label, f"{params / 1e6:.2f}M", f"{wm_s:.3f}", str(info["sweeps"]), f"{am_s:.3f}", f"{fw_s:.3f}",
             f"{am_s / fw_s:.2f}"]
 

@@ -309,7 +309,7 @@ class Driver:
     def checkpoint(self, r: int) -> None:
         """Agents (by their hosts) and driver state into checkpoint.tmp/, then swapped in by renames."""
         run_dir = self.writer.dir
-        tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
+        tmp, final, prev = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.prev"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         self.backend.call("save", str(tmp))
@@ -318,10 +318,11 @@ class Driver:
             "wall_s": time.perf_counter() - self.t_start,
         }
         save_atomic(driver, tmp / "driver.pt")
+        # keep the previous complete checkpoint: if the newest is damaged, resume falls back to it
+        shutil.rmtree(prev, ignore_errors=True)
         if final.exists():
-            final.rename(old)
+            final.rename(prev)
         tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
 
     def recover(self, failure: HostFailure, r: int) -> int:
         """A host died in round r: restart it (or drop its agents), roll back to the last checkpoint, replay."""
@@ -346,13 +347,19 @@ class Driver:
         return back
 
     def restore(self) -> int | None:
-        """Load the last complete checkpoint; returns its round (None if there is none)."""
+        """Load the newest readable checkpoint (falling back to the previous one); its round, or None."""
         run_dir = self.writer.dir
-        folder = next((f for f in (run_dir / "checkpoint", run_dir / "checkpoint.old") if (f / "driver.pt").exists()), None)
-        if folder is None:
+        for folder in (run_dir / "checkpoint", run_dir / "checkpoint.prev"):
+            if not (folder / "driver.pt").exists():
+                continue
+            try:
+                driver = torch.load(folder / "driver.pt", weights_only=True)
+                self.backend.call("restore", str(folder))
+                break
+            except Exception as e:  # noqa: BLE001 - a truncated or corrupt file, whatever the reader raises
+                self.display.print(f"[yellow]checkpoint {folder.name} is unreadable ({type(e).__name__}); trying an older one[/]")
+        else:
             return None
-        driver = torch.load(folder / "driver.pt", weights_only=True)
-        self.backend.call("restore", str(folder))
         self.schedule.load(driver["schedule"])
         self.ledger.load(driver["bytes"])
         self.t_start = time.perf_counter() - driver["wall_s"]

@@ -47,3 +47,12 @@ def test_checkpoints_load_with_weights_only(tiny):
     for f in files:
         torch.load(f, weights_only=True)  # raises if anything but tensors and plain values were saved
     assert not list(res.run_dir.glob("*.tmp")) and not (res.run_dir / "checkpoint.tmp").exists()
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tiny, tmp_path):
+    common = ("algorithm=dsgd", "backend=inprocess", "rounds=3", "run.checkpoint_every=1")
+    full = run(tiny(*common, f"run.dir={tmp_path}/full"))
+    damaged = full.run_dir / "checkpoint" / "agent_1.pt"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a crash mid-write (on a filesystem without atomic rename)
+    resumed = run(tiny(*common, f"run.dir={tmp_path}/full"), resume=True)  # replays round 3 from round 2's
+    assert _strip(resumed.records) == _strip(full.records)
