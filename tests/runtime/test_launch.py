@@ -32,6 +32,13 @@ def test_cluster_yamls_ship_and_install_the_repository(name):
     assert ".venv" in cfg["rsync_exclude"] and "outputs" in cfg["rsync_exclude"]
 
 
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-aws.yaml"])
+def test_cluster_yamls_pass_rays_own_schema_validation(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(yaml.safe_load((LAUNCH / name).read_text())))  # raises if invalid
+
+
 def test_runtime_env_excludes_outputs():
     env = yaml.safe_load((LAUNCH / "runtime_env.yaml").read_text())
     assert {"outputs/", ".venv/"} <= set(env["excludes"])
