@@ -9,7 +9,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError
 
-from conftest import CONF, TINY, compose_cfg
+from cfg_helpers import CONF, TINY, compose_cfg
 from dimat.experiment import run
 
 GROUPS = ["data", "partition", "model", "topology", "algorithm", "merge", "schedule", "backend"]
