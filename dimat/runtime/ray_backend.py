@@ -21,11 +21,18 @@ from dimat.runtime.base import Backend, HostFailure, assign_agents
 from dimat.runtime.host import AgentHost
 
 
-def start_local_ray(num_cpus: int | None) -> None:
-    """A private Ray instance bound to 127.0.0.1, without the dashboard."""
-    # Ray listens on the host's address unless this is set before it starts
-    # (see REFERENCES.md); it only disables joining other machines.
+def start_local_ray(num_cpus: int | None) -> bool:
+    """A private Ray instance bound to 127.0.0.1, without the dashboard; returns the flag to restore.
+
+    Ray listens on the host's address unless clusters are disabled: the child
+    processes read the environment variable, and the driver reads a constant
+    that Ray computed at import time, so both are set (restored at shutdown).
+    """
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,
@@ -33,6 +40,7 @@ def start_local_ray(num_cpus: int | None) -> None:
         logging_level=logging.WARNING,
         log_to_driver=True,
     )
+    return before
 
 
 def connect(address: str) -> None:
@@ -45,8 +53,12 @@ class RayBackend(Backend):
         b = cfg["backend"]
         self.timeout_s = float(b["timeout_s"])
         self._owns_ray = not ray.is_initialized()
+        self._cluster_flag: bool | None = None
         if self._owns_ray:
-            connect(b["address"]) if b["address"] else start_local_ray(b["num_cpus"])
+            if b["address"]:
+                connect(b["address"])
+            else:
+                self._cluster_flag = start_local_ray(b["num_cpus"])
         cpus = float(ray.available_resources().get("CPU", 1.0))
         n = len(parts)
         n_hosts = math.ceil(n / b["agents_per_actor"]) if b["agents_per_actor"] else max(1, min(n, int(cpus)))
@@ -106,3 +118,7 @@ class RayBackend(Backend):
         remove_placement_group(self.pg)
         if self._owns_ray:
             ray.shutdown()
+        if self._cluster_flag is not None:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = self._cluster_flag
