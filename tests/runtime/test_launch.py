@@ -42,3 +42,21 @@ def test_cluster_yamls_pass_rays_own_schema_validation(name):
 def test_runtime_env_excludes_outputs():
     env = yaml.safe_load((LAUNCH / "runtime_env.yaml").read_text())
     assert {"outputs/", ".venv/"} <= set(env["excludes"])
+
+
+def test_a_local_ray_instance_lives_on_loopback():
+    import ray
+
+    from dimat.runtime.ray_backend import start_local_ray
+
+    before = start_local_ray(num_cpus=1)
+    try:
+        from ray._private import services
+
+        assert services.get_node_ip_address() == "127.0.0.1"
+        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
+    finally:
+        ray.shutdown()
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = before
