@@ -96,3 +96,21 @@ def test_a_diverging_agent_is_rolled_back_instead_of_poisoning_its_neighbours(ti
     assert res.records[0]["rolled_back"] == [0, 1, 2, 3]
     assert np.isfinite(res.records[-1]["consensus"])
     assert all(np.isfinite(a) for a in res.records[-1]["acc"])
+
+
+def test_a_nan_injected_into_one_agent_reaches_no_neighbour(tiny, monkeypatch):
+    from dimat.agent import Agent
+
+    real_train = Agent.train
+
+    def poisoned(self, steps):
+        loss = real_train(self, steps)
+        if self.index == 1:
+            self.vec[0] = float("nan")  # agent 1's weights go bad during local training
+        return loss
+
+    monkeypatch.setattr(Agent, "train", poisoned)
+    res = run(tiny("algorithm=dsgd", "backend=inprocess", "topology=ring"))
+    assert all(r["rolled_back"] == [1] for r in res.records)
+    assert np.isfinite(res.records[-1]["consensus"]) and np.isfinite(res.records[-1]["acc_avg_model"])
+    assert res.records[-1]["acc"][0] > 0.3 and res.records[-1]["acc"][2] > 0.3  # its ring neighbours still learn
