@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -30,13 +29,6 @@ def timed_run(overrides: list[str], run_dir: str) -> tuple[float, dict]:
     t0 = time.perf_counter()
     res = run(cfg)
     return time.perf_counter() - t0, res.summary
-
-
-def peak_rss_gib() -> float:
-    """Peak resident memory of this process and its finished children (Linux: KiB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + kids) / 2**20
 
 
 def fashion_available() -> bool:

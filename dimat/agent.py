@@ -6,8 +6,6 @@ evaluates, and hands out or takes in its state as a flat float32 vector.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -84,9 +82,6 @@ class Agent:
         """The first `k` samples of the agent's own shard (for merging and BatchNorm repair)."""
         return torch.from_numpy(self.x[self.indices[:k]]).to(self.device)
 
-    def steps_for(self, epochs: float) -> int:
-        return max(1, math.ceil(epochs * len(self.indices) / self.batch_size))
-
     # -- training --------------------------------------------------------
     def train(self, steps: int) -> float:
         """`steps` optimizer steps; returns the mean training loss (nan if no data)."""
@@ -157,10 +152,6 @@ class Agent:
     def reset_optimizer(self) -> None:
         self.opt = self._new_optimizer()
 
-    @property
-    def params(self) -> torch.Tensor:
-        """The parameter part of the flat state (BatchNorm statistics excluded)."""
-        return self.vec[: self.layout.n_params]
 
 
 @torch.no_grad()

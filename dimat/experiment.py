@@ -219,7 +219,6 @@ class Driver:
         self.c, self.s, self.backend, self.writer, self.display, self.logger, self.n = (
             c, s, backend, writer, display, logger, n
         )
-        self.state_bytes = s.state_bytes
         self.schedule = s.schedule
         self.ledger = ByteLedger(n)
         self.test_counts = np.bincount(s.dataset.y_test, minlength=s.dataset.num_classes)
@@ -253,7 +252,7 @@ class Driver:
                 restarts += 1
         summary = _summarize(self.c, self.ledger, self.records)
         if c["final_merge"] and self.communicates:
-            summary.update(_final_merge(c, self.s, self.backend, len(self.alive), self.test_counts, self.state_bytes))
+            summary.update(_final_merge(c, self.s, self.backend, len(self.alive), self.test_counts))
         summary["host_restarts"] = restarts
         summary["nodes"] = len(set(self.backend.call("node")))
         summary["wall_s"] = time.perf_counter() - self.t_start
@@ -423,7 +422,7 @@ def _measure(backend, n: int, test_counts: np.ndarray, own: np.ndarray) -> dict:
     }
 
 
-def _final_merge(c, s, backend, n, test_counts, state_bytes) -> dict:
+def _final_merge(c, s, backend, n, test_counts) -> dict:
     """All agents into one model (aligned when the run used permutation merges), BN pooled, evaluated."""
     t0 = time.perf_counter()
     states = [v for _, v in sorted(_merge_dicts(backend.call("states")).items())]
@@ -436,7 +435,7 @@ def _final_merge(c, s, backend, n, test_counts, state_bytes) -> dict:
     acc = accuracy(backend.call_one(0, "evaluate_state", merged), test_counts)
     # every agent uploads its state and downloads the merged one
     return {
-        "final_acc_global_merge": acc, "bytes_final_merge": 2 * n * state_bytes,
+        "final_acc_global_merge": acc, "bytes_final_merge": 2 * n * s.state_bytes,
         "final_merge_s": time.perf_counter() - t0,
     }
 
