@@ -57,6 +57,12 @@ class Agent:
         self.gen = torch.Generator().manual_seed(seed)
         self._order = np.empty(0, dtype=np.int64)
         self._pos = 0
+        self.params = list(self.model.parameters())  # in flat-vector order (parameters first)
+        # optional: called with the parameters' gradients after each backward pass, before the
+        # optimizer step (gradient tracking adds its correction and accumulates here)
+        self.grad_hook = None
+        self.steps_done = 0  # optimizer steps taken so far
+        self.loss_fn = F.cross_entropy  # (model output, labels) -> scalar loss
 
     # -- data ------------------------------------------------------------
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -91,11 +97,14 @@ class Agent:
         total = torch.zeros((), device=self.device)
         for _ in range(steps):
             xb, yb = self.next_batch()
-            loss = F.cross_entropy(self.model(xb), yb)
+            loss = self.loss_fn(self.model(xb), yb)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.grad_hook is not None:
+                self.grad_hook([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
             self.opt.step()
             total += loss.detach()
+        self.steps_done += steps
         return float(total) / steps
 
     def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -122,6 +131,7 @@ class Agent:
         return {
             "vec": self.vec.detach().cpu().clone(), "ints": ints, "opt": self.opt.state_dict(),
             "rng": self.gen.get_state(), "order": torch.from_numpy(self._order.copy()), "pos": self._pos,
+            "steps_done": self.steps_done,
         }
 
     def restore(self, snap: dict) -> None:
@@ -133,6 +143,7 @@ class Agent:
         self.opt.load_state_dict(snap["opt"])
         self.gen.set_state(snap["rng"])
         self._order, self._pos = snap["order"].numpy().copy(), int(snap["pos"])
+        self.steps_done = int(snap.get("steps_done", 0))
 
     def momentum(self) -> torch.Tensor:
         """The optimizer's momentum buffers as one flat vector over the parameters (zeros where none yet)."""

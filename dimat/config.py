@@ -37,7 +37,8 @@ class ModelConf:
     _target_: str = "dimat.models.build_model"
     name: str = "mlp"
     width: int = 1
-    norm: str = "bn"
+    norm: str = "bn"  # bn | gn | ln (GroupNorm, one group) | none
+    groups: int | None = None  # GroupNorm groups for norm=gn (default: 8, 4 or 2 dividing the channels)
     hidden: list[int] = field(default_factory=lambda: [128, 128])
 
 
@@ -64,7 +65,8 @@ class AlgorithmConf:
     weight_decay: float = 0.0
     # what happens to optimizer state when an agent's weights are replaced by a merge
     opt_state: str = "keep"  # keep | reset
-    gossip_momentum: bool = False
+    gossip_momentum: bool = False  # dsgd: send and mix the momentum buffer too
+    correction: str = "none"  # dimat: none | gt (gradient tracking) | qgm (quasi-global momentum)
 
 
 @dataclass

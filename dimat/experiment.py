@@ -105,6 +105,11 @@ def prepare(cfg: dict) -> Setup:
         raise ConfigError(f"init={c['init']} is unknown: use auto, independent or shared")
     check_logger(c["logger"])
     algorithm = build_algorithm(**c["algorithm"], merge=c["merge"])  # options checked before any host starts
+    if ALGORITHMS[algo].server and (c["budget"]["bytes"] is not None or c["budget"]["exchanges"] is not None):
+        raise ConfigError(
+            f"algorithm={algo} averages through a server and takes no budget: drop budget.*, space its rounds "
+            "with the schedule (e.g. schedule.every)"
+        )
     forced = ALGORITHMS[algo].steps_per_round
     if forced and c["local_steps"] not in (None, forced):
         raise ConfigError(f"algorithm={algo} communicates every step: leave local_steps unset (it is {forced})")
@@ -134,7 +139,7 @@ def prepare(cfg: dict) -> Setup:
     steps = c["local_steps"] or epochs_to_steps(c["local_epochs"], parts, c["batch_size"])
     # one model on the driver: its state size prices an exchange, its spec must derive
     model = build_agent_model(c, dataset, 0)
-    state_bytes = 4 * algorithm.payload_floats(FlatLayout.of(model).size)
+    state_bytes = 4 * algorithm.payload_floats(FlatLayout.of(model))
     spec = None
     if algo == "dimat" and c["merge"]["method"] != "average":
         from dimat.merge import PermutationSpec
@@ -225,6 +230,7 @@ class Driver:
         self.own = np.stack([own_classes(h) for h in s.hist]) if not s.centralized else np.ones((1, s.dataset.num_classes), bool)
         self.communicates = ALGORITHMS[c["algorithm"]["name"]].communicates
         self.mixing = ALGORITHMS[c["algorithm"]["name"]].mixing
+        self.server = ALGORITHMS[c["algorithm"]["name"]].server
         self.records: list[dict] = []
         self.alive = list(range(n))  # agents still running (run.on_failure=drop removes some)
         self.t_start = time.perf_counter()
@@ -284,7 +290,10 @@ class Driver:
             rec["acc_before_merge"] = float(np.mean(_agent_acc(backend, self.test_counts)))
         plan = self.schedule.plan(progress, W, measured) if self.communicates else {}
         t_exchange = time.perf_counter()
-        round_bytes, merge_s = _exchange(backend, mixing_rows(W, plan), self.ledger)
+        if self.server:
+            round_bytes, merge_s = (_server_average(backend, self.alive, self.s, self.ledger) if plan else 0), 0.0
+        else:
+            round_bytes, merge_s = _exchange(backend, mixing_rows(W, plan), self.ledger)
         rec["exchange_s"] = time.perf_counter() - t_exchange
         if not due:
             return
@@ -394,6 +403,15 @@ def _exchange(backend, rows: dict, ledger: ByteLedger) -> tuple[int, float]:
     total = sum(ledger.add(res["transfers"]) for res in results)
     merge_s = sum(sum(res["merge_s"].values()) for res in results)
     return total, merge_s
+
+
+def _server_average(backend, alive: list[int], s: Setup, ledger: ByteLedger) -> int:
+    """fedavg: the shard-size-weighted mean of all agents' states, loaded back into every agent."""
+    states = _merge_dicts(backend.call("states"))
+    sizes = np.array([len(s.parts[i]) for i in alive], dtype=np.float64)
+    mean = np.tensordot(sizes / sizes.sum(), np.stack([states[i] for i in alive]).astype(np.float64), axes=1)
+    backend.call("assign", mean.astype(np.float32))
+    return ledger.add_server_round(alive, s.state_bytes)
 
 
 def _agent_acc(backend, test_counts: np.ndarray, own: np.ndarray | None = None) -> list[float]:

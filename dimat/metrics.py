@@ -35,6 +35,16 @@ class ByteLedger:
         self.sent = np.zeros(self.n, dtype=np.int64)
         self.recv = np.zeros(self.n, dtype=np.int64)
 
+    server: int = 0  # bytes a server sent (fedavg downloads); agents' uploads are in `sent`
+
+    def add_server_round(self, agents: list[int], nbytes: int) -> int:
+        """Every agent in `agents` uploads one state to the server and downloads one back."""
+        for i in agents:
+            self.sent[i] += nbytes
+            self.recv[i] += nbytes
+        self.server += len(agents) * nbytes
+        return 2 * len(agents) * nbytes
+
     def add(self, transfers: list[tuple[int, int, int]]) -> int:
         """Record (source, destination, bytes) transfers; returns their total."""
         total = 0
@@ -46,14 +56,15 @@ class ByteLedger:
 
     @property
     def total(self) -> int:
-        return int(self.sent.sum())
+        return int(self.sent.sum()) + self.server
 
     def state(self) -> dict:
-        return {"sent": self.sent.tolist(), "recv": self.recv.tolist()}
+        return {"sent": self.sent.tolist(), "recv": self.recv.tolist(), "server": self.server}
 
     def load(self, state: dict) -> None:
         self.sent = np.asarray(state["sent"], dtype=np.int64)
         self.recv = np.asarray(state["recv"], dtype=np.int64)
+        self.server = int(state.get("server", 0))
 
 
 class RunWriter:

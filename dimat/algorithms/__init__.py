@@ -11,8 +11,9 @@ from __future__ import annotations
 from dimat.algorithms.base import Algorithm, Received, gossip_average
 from dimat.algorithms.consensus import Cdsgd
 from dimat.algorithms.dimat import Dimat
-from dimat.algorithms.gossip import Centralized, Dsgd, Local
+from dimat.algorithms.gossip import Centralized, Dsgd, Fedavg, Local
 from dimat.algorithms.push_sum import Sgp
+from dimat.algorithms.tracking import D2, Gt, Qgm
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "dimat": Dimat,
@@ -20,6 +21,10 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "cdsgd": Cdsgd,
     "cdmsgd": Cdsgd,
     "sgp": Sgp,
+    "gt": Gt,
+    "d2": D2,
+    "qgm": Qgm,
+    "fedavg": Fedavg,
     "local": Local,
     "centralized": Centralized,
 }

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dimat.agent import Agent
-from dimat.flat import as_tensor
+from dimat.flat import FlatLayout, as_tensor
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ def gossip_average(own: torch.Tensor, self_weight: float, received: list[Receive
     """In place: own ← w_ii·own + Σ_j w_ij·x_j (float32, the mixing-matrix row)."""
     own.mul_(self_weight)
     for r in received:
-        own.add_(as_tensor(r.state).to(own.device), alpha=r.weight)
+        own.add_(as_tensor(r.state).to(own.device, own.dtype), alpha=r.weight)
     return own
 
 
@@ -47,6 +47,7 @@ class Algorithm:
         weight_decay: float = 0.0,
         opt_state: str = "keep",
         gossip_momentum: bool = False,
+        correction: str = "none",
     ):
         if opt_state not in ("keep", "reset"):
             raise ValueError(f"algorithm.opt_state={opt_state} is unknown: use keep or reset")
@@ -54,15 +55,24 @@ class Algorithm:
         self.optimizer = {"optimizer": optimizer, "lr": lr, "momentum": momentum, "weight_decay": weight_decay}
         self.opt_state = opt_state
         self.gossip_momentum = gossip_momentum
+        if correction not in ("none", "gt", "qgm"):
+            raise ValueError(f"algorithm.correction={correction} is unknown: use none, gt or qgm")
+        if correction != "none" and not self.takes_correction:
+            raise ValueError(
+                f"algorithm.correction={correction} is a dimat option: use algorithm={correction} for gossip"
+            )
+        self.correction = correction
 
-    def payload_floats(self, state_floats: int) -> int:
+    def payload_floats(self, layout: FlatLayout) -> int:
         """How many float32 values one payload holds (prices an exchange before the run starts)."""
-        return state_floats
+        return layout.size
 
     def payload(self, agent: Agent) -> np.ndarray:
         """What the agent sends its neighbours: a copy of its flat state (subclasses may add more)."""
         return agent.state().copy()
 
+    server: bool = False  # a server averages all agents (fedavg) instead of neighbour gossip
+    takes_correction: bool = False  # whether `correction=gt|qgm` applies (dimat)
     mixing: str = "row"  # row: the topology's W; column: its column-stochastic push-sum matrix
     steps_per_round: int | None = None  # forces local_steps (e.g. 1 for per-step consensus methods)
 

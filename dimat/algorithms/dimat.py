@@ -4,23 +4,34 @@ Per agent m and round: θ_m ← W_mm·θ_m + Σ_j W_mj·P_j(θ_j), where P_j is 
 permutation found by weight matching (default) or activation matching on the
 agent's own data (`merge.data=local`), or the identity (`merge.method=average`).
 BatchNorm statistics are then re-estimated on local data.
+
+With `algorithm.correction=gt` the agents also track the mean gradient (K-GT,
+see `dimat.algorithms.tracking`): each neighbour's tracked direction is
+permuted with the same permutation as its weights, so it lands in the agent's
+basis. With `correction=qgm` the momentum buffer is rebuilt from the agent's
+net displacement (merges included); its own basis never changes, so no
+permutation is needed.
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from dimat import merge as mergelib
 from dimat.agent import Agent
 from dimat.algorithms.base import Algorithm, Received
+from dimat.algorithms.tracking import GradientTracking, QuasiGlobalMomentum, split, with_extra
+from dimat.flat import FlatLayout
 
 METHODS = ("weight", "activation", "average")
 
 
 class Dimat(Algorithm):
     default_init = "independent"
+    takes_correction = True
 
     def __init__(self, *, merge: dict, **options):
         super().__init__(merge=merge, **options)
@@ -35,8 +46,18 @@ class Dimat(Algorithm):
         self.template: torch.nn.Module | None = None
         self._prev: dict[tuple[int, int], mergelib.Perm] = {}  # (agent, neighbour) -> last permutation
         self.proxy = None  # optional shared public data for matching and BN repair
+        self.tracking = GradientTracking() if self.correction == "gt" else None
+        self.qgm = None
+        if self.correction == "qgm":
+            if self.optimizer["optimizer"] != "msgd":
+                raise ValueError("algorithm.correction=qgm needs algorithm.optimizer=msgd (it rebuilds the momentum)")
+            self.qgm = QuasiGlobalMomentum(self.optimizer["momentum"], self.optimizer["lr"])
 
     def prepare(self, agent: Agent, example: torch.Tensor) -> None:
+        if self.tracking is not None:
+            self.tracking.attach(agent)
+        if self.qgm is not None:
+            self.qgm.attach(agent)
         if self.spec is None and self.method != "average":
             # one spec per host: every agent has the same architecture
             self.spec = mergelib.PermutationSpec.from_model(agent.model, example)
@@ -45,12 +66,45 @@ class Dimat(Algorithm):
 
             self.template = copy.deepcopy(agent.model)
 
+    def payload_floats(self, layout: FlatLayout) -> int:
+        return layout.size + (layout.n_params if self.tracking is not None else 0)
+
+    def payload(self, agent: Agent):
+        if self.tracking is None:
+            return super().payload(agent)
+        return with_extra(agent, self.tracking.direction(agent))
+
+    def before_train(self, agent: Agent) -> None:
+        if self.qgm is not None:
+            self.qgm.before_train(agent)
+
     def agent_state(self, index: int) -> dict:
         # the warm-start permutations, keyed by neighbour (strings: checkpoint-friendly)
-        return {str(j): dict(p) for (i, j), p in self._prev.items() if i == index}
+        out = {"perms": {str(j): dict(p) for (i, j), p in self._prev.items() if i == index}}
+        if self.tracking is not None:
+            out["gt"] = self.tracking.state(index)
+        if self.qgm is not None:
+            out["qgm"] = self.qgm.state(index)
+        return out
 
     def load_agent_state(self, index: int, state: dict) -> None:
-        self._prev.update({(index, int(j)): dict(p) for j, p in state.items()})
+        self._prev.update({(index, int(j)): dict(p) for j, p in state["perms"].items()})
+        if self.tracking is not None:
+            self.tracking.load(index, state["gt"])
+        if self.qgm is not None:
+            self.qgm.load(index, state["qgm"])
+
+    def _aligned_directions(self, agent: Agent, dirs: list[Received], perms: list | None) -> list[Received]:
+        """The neighbours' tracked directions in the agent's basis (permuted like their weights)."""
+        if perms is None:
+            return dirs
+        n, out = agent.layout.n_params, []
+        for r, p in zip(dirs, perms):
+            full = torch.zeros(agent.layout.size)
+            full[:n] = torch.from_numpy(np.asarray(r.state, dtype=np.float32))
+            moved = agent.layout.flatten(mergelib.apply_permutation(self.spec, p, agent.layout.views(full)))
+            out.append(Received(r.source, moved[:n].numpy(), r.weight))
+        return out
 
     def merge_data(self, agent: Agent) -> torch.Tensor:
         """Samples for activation matching and BN repair: the agent's own, or a shared proxy set."""
@@ -60,6 +114,10 @@ class Dimat(Algorithm):
 
     def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> dict:
         t0 = time.perf_counter()
+        dirs: list[Received] = []
+        if self.tracking is not None:
+            received, dirs = split(received, agent.layout.size)
+        perms = None
         own = agent.state_dict_views()
         others = [agent.state_dict_views(r.state) for r in received]
         data = self.merge_data(agent) if (self.method == "activation" or self.bn_repair) else None
@@ -79,8 +137,13 @@ class Dimat(Algorithm):
             for r, p in zip(received, perms):
                 self._prev[(agent.index, r.source)] = p
         merged = mergelib.merge([own] + others, [self_weight] + [r.weight for r in received])
+        if self.tracking is not None:  # own direction first: the merge overwrites nothing it reads
+            self.tracking.update(agent, self.tracking.direction(agent), self_weight,
+                                 self._aligned_directions(agent, dirs, perms))
         agent.load(agent.layout.flatten(merged))
         if self.bn_repair:
             mergelib.reset_bn(agent.model, data)
+        if self.qgm is not None:
+            self.qgm.after_merge(agent)
         self.after_merge(agent)
         return {"merge_s": time.perf_counter() - t0}

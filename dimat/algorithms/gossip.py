@@ -9,6 +9,7 @@ import torch
 
 from dimat.agent import Agent
 from dimat.algorithms.base import Algorithm, Received, gossip_average
+from dimat.flat import FlatLayout
 
 
 class Dsgd(Algorithm):
@@ -23,8 +24,8 @@ class Dsgd(Algorithm):
         if self.gossip_momentum and self.optimizer["optimizer"] != "msgd":
             raise ValueError("algorithm.gossip_momentum=true needs algorithm.optimizer=msgd (a momentum buffer)")
 
-    def payload_floats(self, state_floats: int) -> int:
-        return state_floats * (2 if self.gossip_momentum else 1)
+    def payload_floats(self, layout: FlatLayout) -> int:
+        return layout.size + (layout.n_params if self.gossip_momentum else 0)
 
     def payload(self, agent: Agent) -> np.ndarray:
         if not self.gossip_momentum:
@@ -41,6 +42,18 @@ class Dsgd(Algorithm):
         if not self.gossip_momentum:
             self.after_merge(agent)
         return {}
+
+
+class Fedavg(Algorithm):
+    """Federated averaging: on each communicating round a server replaces every agent's model by the
+    shard-size-weighted mean of all of them (each agent uploads one state and downloads one).
+
+    The driver does the server's part; the schedule only says when (its plan on the topology
+    is a trigger), and budgets do not apply: it is the centralised-communication reference.
+    """
+
+    server = True
+    default_init = "shared"
 
 
 class Local(Algorithm):

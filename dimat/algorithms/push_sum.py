@@ -16,6 +16,7 @@ import torch
 
 from dimat.agent import Agent
 from dimat.algorithms.base import Algorithm, Received
+from dimat.flat import FlatLayout
 
 
 class Sgp(Algorithm):
@@ -28,8 +29,8 @@ class Sgp(Algorithm):
     def _w(self, i: int) -> float:
         return self.weight.setdefault(i, 1.0)
 
-    def payload_floats(self, state_floats: int) -> int:
-        return state_floats + 1  # the push-sum weight travels with the numerator
+    def payload_floats(self, layout: FlatLayout) -> int:
+        return layout.size + 1  # the push-sum weight travels with the numerator
 
     def payload(self, agent: Agent) -> np.ndarray:
         w = self._w(agent.index)

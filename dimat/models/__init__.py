@@ -21,13 +21,19 @@ __all__ = ["MODELS", "NORMS", "CNN", "MLP", "VGG", "ModelError", "ResNet20", "bu
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, width: int = 1,
                 norm: str = "bn", hidden: tuple[int, ...] | list[int] = (128, 128),
-                batchnorm: bool | None = None) -> nn.Module:
+                batchnorm: bool | None = None, groups: int | None = None) -> nn.Module:
     """Build model ``name`` for inputs of ``input_shape`` ((C, H, W) for images).
 
     ``width`` multiplies every hidden size; ``norm`` is one of ``NORMS`` (mlp
     ignores it); ``batchnorm`` is a legacy alias (False → "none", True → "bn").
+    ``groups`` sets GroupNorm's group count for ``norm="gn"`` (default: 8, 4 or 2,
+    whichever divides the channels).
     """
     norm = resolve_norm(norm, batchnorm)
+    if groups is not None:
+        if norm != "gn" or groups < 1:
+            raise ModelError(f"model.groups={groups} needs model.norm=gn and groups >= 1 (ln is one group)")
+        norm = f"gn{groups}"
     input_shape = tuple(int(s) for s in input_shape)
     _validate(name, input_shape, num_classes, width)
     if name == "mlp":

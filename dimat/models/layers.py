@@ -37,11 +37,14 @@ def gn_groups(channels: int) -> int:
 
 
 def norm_layer(norm: str, channels: int) -> nn.Module:
-    """A 2-d normalisation layer over ``channels`` channels."""
+    """A 2-d normalisation layer over ``channels`` channels ("gnK": GroupNorm with K groups)."""
     if norm == "bn":
         return nn.BatchNorm2d(channels)
-    if norm == "gn":
-        return nn.GroupNorm(gn_groups(channels), channels)
+    if norm.startswith("gn"):
+        groups = int(norm[2:]) if norm[2:] else gn_groups(channels)
+        if channels % groups:
+            raise ModelError(f"model.groups={groups} does not divide a layer of {channels} channels: pick a divisor")
+        return nn.GroupNorm(groups, channels)
     if norm == "ln":
         return nn.GroupNorm(1, channels)
     return nn.Identity()

@@ -34,7 +34,8 @@ def build_agent_model(cfg: dict, dataset: Dataset, index: int) -> torch.nn.Modul
     torch.manual_seed(cfg["seed"] + index if independent else cfg["seed"])
     m = cfg["model"]
     return build_model(
-        m["name"], dataset.input_shape, dataset.num_classes, width=m["width"], norm=m["norm"], hidden=tuple(m["hidden"])
+        m["name"], dataset.input_shape, dataset.num_classes, width=m["width"], norm=m["norm"], hidden=tuple(m["hidden"]),
+        groups=m["groups"],
     )
 
 
@@ -220,6 +221,12 @@ class AgentHost:
             a.restore(snap)
             self.algorithm.load_agent_state(i, snap["algorithm"])
             self._last_sent[i] = snap["last_sent"].numpy().copy()
+
+    def assign(self, vec: np.ndarray) -> None:
+        """Load one state into every hosted agent (a server's average)."""
+        for a in self.agents.values():
+            a.load(vec)
+            self.algorithm.after_merge(a)
 
     def states(self) -> dict[int, np.ndarray]:
         return {i: a.state().copy() for i, a in self.agents.items()}

@@ -18,7 +18,8 @@ from dimat.models import build_model
 CASES = [
     ("mlp", {}, (1, 8, 8)), ("cnn", {}, (1, 8, 8)), ("cnn", {"norm": "ln"}, (1, 8, 8)),
     ("cnn", {"norm": "gn"}, (1, 8, 8)), ("vgg11", {}, (3, 32, 32)), ("vgg16", {}, (3, 32, 32)),
-    ("vgg16", {"norm": "none"}, (1, 28, 28)), ("resnet20", {}, (3, 32, 32)), ("resnet20", {"width": 2}, (3, 32, 32)),
+    ("vgg16", {"norm": "none"}, (1, 28, 28)), ("vgg11", {"norm": "ln"}, (3, 32, 32)),
+    ("resnet20", {"norm": "ln"}, (3, 32, 32)), ("resnet20", {}, (3, 32, 32)), ("resnet20", {"width": 2}, (3, 32, 32)),
 ]
 
 
@@ -42,6 +43,14 @@ def randomise_bn(model, seed=0):
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("name,kw", [("vgg11", {"groups": 4}), ("resnet20", {})])
+def test_groupnorm_with_several_groups_pins_every_normalised_channel(name, kw):
+    # a permutation may not move a channel out of its group: the derived spec keeps them all in place
+    # (every hidden layer of these two is normalised), while one group ("ln") lets them all move
+    assert model_and_spec(name, {"norm": "gn", **kw}, (3, 32, 32))[1].groups == {}
+    assert len(model_and_spec(name, {"norm": "ln"}, (3, 32, 32))[1].groups) == {"vgg11": 8, "resnet20": 12}[name]
 
 
 @pytest.mark.parametrize("name,kw,shape", CASES)
