@@ -96,3 +96,41 @@ def test_end_to_end_bytes_and_accuracy(tiny, name):
     payload = n_params + (n_params if name == "gt" else 0)  # gt sends its tracker too
     assert res.summary["bytes_total"] == 2 * 4 * 2 * 4 * payload
     assert res.summary["final_acc_mean"] > 0.4
+
+
+def test_dimat_permutes_a_neighbours_tracker_with_its_weights():
+    from dimat.merge import apply_permutation, random_permutation
+
+    x, y, _ = least_squares()
+    algo = build_algorithm("dimat", merge={"method": "weight", "bn_repair": False}, optimizer="sgd", correction="gt")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, 3))
+    a = Agent(0, model, x, (np.arange(N * M) % 3), np.arange(M), batch_size=M, optimizer=algo.optimizer, seed=0)
+    algo.prepare(a, torch.from_numpy(x[:2]))
+    a.train(3)
+    z = algo.tracking.direction(a)
+    perm = random_permutation(algo.spec, seed=3)
+    views = a.layout.views(torch.cat([z, torch.zeros(a.layout.size - a.layout.n_params)]))
+    z_moved = a.layout.flatten(apply_permutation(algo.spec, perm, views))[: a.layout.n_params]
+    assert not torch.allclose(z_moved, z)
+    back = algo._aligned_directions(a, [Received(1, z_moved.numpy(), 0.5)], [perm_inverse(perm)])[0]
+    assert torch.allclose(torch.from_numpy(np.asarray(back.state)), z, atol=1e-6)
+
+
+def perm_inverse(perm: dict) -> dict:
+    return {g: torch.argsort(p) for g, p in perm.items()}
+
+
+@pytest.mark.parametrize("correction", ["gt", "qgm"])
+def test_dimat_with_correction_end_to_end(tiny, correction):
+    res = run(tiny("algorithm=dimat", "algorithm.optimizer=msgd", f"algorithm.correction={correction}",
+                   "backend=inprocess", "topology=ring", "rounds=2", "pretrain_epochs=0"))
+    n_params = (64 * 32 + 32) + (32 * 4 + 4)
+    payload = n_params * (2 if correction == "gt" else 1)
+    assert res.summary["bytes_total"] == 2 * 4 * 2 * 4 * payload
+    assert res.summary["final_acc_mean"] > 0.4
+
+
+def test_correction_is_a_dimat_option():
+    with pytest.raises(ValueError, match="dimat option"):
+        build_algorithm("dsgd", correction="gt")
