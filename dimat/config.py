@@ -108,7 +108,9 @@ class BackendConf:
     num_cpus: int | None = None  # CPUs of a local Ray instance (null: all)
     threads_per_actor: int | None = None
     placement: str = "pack"  # pack | spread
-    comm: str = "object_store"  # object_store | torch
+    comm: str = "object_store"  # object_store | torch (torch.distributed point-to-point between actors)
+    device: str = "auto"  # auto (a GPU when there is one) | cpu | cuda
+    gpus_per_actor: float | None = None  # null: the cluster's GPUs shared evenly by the actors (fractions allowed)
     timeout_s: float = 600.0  # every ray.get waits at most this long
 
 

@@ -64,8 +64,9 @@ class Setup:
     steps_per_round: int
     centralized: bool
     schedule: Ledger
-    state_bytes: int
+    state_bytes: int  # one payload (a model state, plus what the algorithm sends with it)
     spec: object | None  # the permutation spec, when a permutation merge is asked for
+    model_bytes: int = 0  # one model state alone (float32 parameters and statistics)
 
 
 def epochs_to_steps(epochs: float, parts: list[np.ndarray], batch_size: int) -> int:
@@ -93,8 +94,12 @@ def prepare(cfg: dict) -> Setup:
     if c["backend"]["name"] not in BACKENDS:
         raise ConfigError(f"backend={c['backend']['name']} is unknown: use one of {', '.join(BACKENDS)}")
     b = c["backend"]
-    if b["comm"] != "object_store":
-        raise ConfigError(f"backend.comm={b['comm']} is not available yet: use backend.comm=object_store")
+    if b["comm"] not in ("object_store", "torch"):
+        raise ConfigError(f"backend.comm={b['comm']} is unknown: use object_store or torch")
+    if b["device"] not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"backend.device={b['device']} is unknown: use auto, cpu or cuda")
+    if b["comm"] == "torch" and b["name"] != "ray":
+        raise ConfigError("backend.comm=torch moves states between Ray actors: use backend=ray (in-process needs none)")
     if b["placement"] not in ("pack", "spread"):
         raise ConfigError(f"backend.placement={b['placement']} is unknown: use pack or spread")
     if c["merge"]["data"] not in ("local", "proxy"):
@@ -149,7 +154,8 @@ def prepare(cfg: dict) -> Setup:
         build_schedule(**{k: v for k, v in c["schedule"].items() if k != "_target_"}, seed=c["seed"]),
         state_bytes, bytes=c["budget"]["bytes"], exchanges=c["budget"]["exchanges"],
     )
-    return Setup(c, dataset, parts, hist, topo, steps, algo == "centralized", schedule, state_bytes, spec)
+    return Setup(c, dataset, parts, hist, topo, steps, algo == "centralized", schedule, state_bytes, spec,
+                 4 * FlatLayout.of(model).size)
 
 
 def run(cfg: DictConfig | dict, *, resume: bool = False) -> Result:
@@ -170,7 +176,10 @@ def run(cfg: DictConfig | dict, *, resume: bool = False) -> Result:
     if s.centralized:
         host_cfg = {**c, "batch_size": c["batch_size"] * c["agents"], "init": "shared"}
         host_parts = [np.sort(np.concatenate(s.parts))]
-    backend = build_backend(host_cfg, s.dataset, host_parts)
+    try:
+        backend = build_backend(host_cfg, s.dataset, host_parts)
+    except ValueError as e:  # resources that do not fit (e.g. GPUs): one line, nothing started is left
+        raise ConfigError(str(e)) from e
     try:
         _check_storage(backend, run_dir)
     except ConfigError:
@@ -257,6 +266,9 @@ class Driver:
                 r = self.recover(failure, r) + 1
                 restarts += 1
         summary = _summarize(self.c, self.ledger, self.records)
+        summary["model_bytes"] = self.s.model_bytes
+        # bytes each agent sent, in model-sized units: the communication budget in the papers' terms
+        summary["transfers_per_agent"] = float(self.ledger.sent.max()) / self.s.model_bytes
         if c["final_merge"] and self.communicates:
             summary.update(_final_merge(c, self.s, self.backend, len(self.alive), self.test_counts))
         summary["host_restarts"] = restarts
@@ -391,6 +403,13 @@ def _exchange(backend, rows: dict, ledger: ByteLedger) -> tuple[int, float]:
     """Publish the senders' states once each, let every host merge its receivers."""
     if not rows:
         return 0, 0.0
+    if backend.comm == "torch":
+        from dimat.runtime.p2p import host_plans
+
+        results = backend.call_each("exchange_p2p", host_plans(backend.groups, rows))
+        return sum(ledger.add(res["transfers"]) for res in results), sum(
+            sum(res["merge_s"].values()) for res in results
+        )
     senders = sorted({j for _, row in rows.values() for j, _ in row})
     by_host = [[j for j in g if j in set(senders)] for g in backend.groups]
     handles = _merge_dicts(backend.call_each("publish", [(ids,) for ids in by_host]))
@@ -453,7 +472,7 @@ def _final_merge(c, s, backend, n, test_counts) -> dict:
     acc = accuracy(backend.call_one(0, "evaluate_state", merged), test_counts)
     # every agent uploads its state and downloads the merged one
     return {
-        "final_acc_global_merge": acc, "bytes_final_merge": 2 * n * s.state_bytes,
+        "final_acc_global_merge": acc, "bytes_final_merge": 2 * n * s.model_bytes,
         "final_merge_s": time.perf_counter() - t0,
     }
 

@@ -49,3 +49,11 @@ def test_every_preset_runs_in_a_tiny_mode(preset, tmp_path):
     cfg = compose_cfg([f"experiment={preset}", *TINY, "backend=inprocess", f"run.dir={tmp_path}"])
     res = run(cfg)
     assert res.records and res.records[-1]["round"] == 2
+
+
+def test_an_experiment_preset_overrides_the_top_level_defaults():
+    from cfg_helpers import compose_cfg
+
+    cfg = compose_cfg(["experiment=single_merge_dirichlet"])
+    assert (cfg.agents, cfg.rounds) == (16, 20)  # the preset's, not conf/config.yaml's 5 and 10
+    assert compose_cfg(["experiment=single_merge_dirichlet", "rounds=3"]).rounds == 3  # the command line still wins

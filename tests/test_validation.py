@@ -24,7 +24,8 @@ BAD = [
     (["budget.bytes=10"], "smaller than one exchange"),
     (["model=resnet20", "model.width=0"], "width=0"),
     (["eval.every=0"], "eval.every"),
-    (["backend.comm=torch"], "object_store"),
+    (["backend=inprocess", "backend.comm=torch"], "use backend=ray"),
+    (["backend.comm=mpi"], "object_store or torch"),
     (["algorithm=cdsgd", "local_steps=5"], "every step"),
 ]
 

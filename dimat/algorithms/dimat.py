@@ -24,7 +24,7 @@ from dimat import merge as mergelib
 from dimat.agent import Agent
 from dimat.algorithms.base import Algorithm, Received
 from dimat.algorithms.tracking import GradientTracking, QuasiGlobalMomentum, split, with_extra
-from dimat.flat import FlatLayout
+from dimat.flat import FlatLayout, as_tensor
 
 METHODS = ("weight", "activation", "average")
 
@@ -119,7 +119,8 @@ class Dimat(Algorithm):
             received, dirs = split(received, agent.layout.size)
         perms = None
         own = agent.state_dict_views()
-        others = [agent.state_dict_views(r.state) for r in received]
+        on = (lambda v: v) if agent.device == "cpu" else (lambda v: as_tensor(v).to(agent.device))
+        others = [agent.state_dict_views(on(r.state)) for r in received]
         data = self.merge_data(agent) if (self.method == "activation" or self.bn_repair) else None
         if self.method != "average" and others:
             init = [self._prev.get((agent.index, r.source)) if self.warm_start else None for r in received]

@@ -20,7 +20,7 @@ from dimat.merge.spec import Perm, PermutationSpec
 def _centred_channels_first(x: Tensor, shift: Tensor) -> Tensor:
     """[B, C, *spatial] − shift → a fresh float32 [C, B·spatial] (channels × samples), in one pass."""
     xt = x.detach().transpose(0, 1)
-    out = torch.empty(xt.shape, dtype=torch.float32)
+    out = torch.empty(xt.shape, dtype=torch.float32, device=x.device)
     torch.sub(xt, shift.view(-1, *[1] * (xt.dim() - 1)), out=out)
     return out.view(x.shape[1], -1)
 
@@ -38,7 +38,7 @@ class _Moments:
 
     def _centred(self, side: int, x: Tensor) -> Tensor:
         if self.shift[side] is None:  # a few samples' means: enough to avoid cancellation
-            self.shift[side] = _centred_channels_first(x[:8], torch.zeros(x.shape[1])).mean(1)
+            self.shift[side] = _centred_channels_first(x[:8], torch.zeros(x.shape[1], device=x.device)).mean(1)
         c = _centred_channels_first(x, self.shift[side])
         self.sums[side] = self.sums[side] + c.sum(1).double()  # float32 is fine on centred data
         self.squares[side] = self.squares[side] + torch.linalg.vector_norm(c, dim=1).double() ** 2
@@ -120,7 +120,7 @@ def activation_matching(spec: PermutationSpec, ref_model: nn.Module, other_model
             continue
         corr = sum(moments[m].correlation(eps) for m in mods)
         corr = corr + 1e-3 * _weight_similarity(spec, g, ref_state, other_state)
-        _, cols = linear_sum_assignment(corr.numpy(), maximize=True)
+        _, cols = linear_sum_assignment(corr.cpu().numpy(), maximize=True)  # statistics on the model's device
         perm[g] = torch.as_tensor(cols, dtype=torch.long)
     return perm
 

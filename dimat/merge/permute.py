@@ -99,8 +99,9 @@ class _CostMatrices:
 
     def __init__(self, spec: PermutationSpec, ref: dict, other: dict):
         axes = _axes_by_key(spec)
-        ref32 = {k: ref[k].detach().float() for k in axes if k in ref and k in other and not _is_stat(k)}
-        oth32 = {k: other[k].detach().float() for k in ref32}
+        # on the CPU even for GPU models: the assignment solver is there, and these matmuls take milliseconds
+        ref32 = {k: ref[k].detach().float().cpu() for k in axes if k in ref and k in other and not _is_stat(k)}
+        oth32 = {k: other[k].detach().float().cpu() for k in ref32}
         self.terms = {
             g: [_Term.build(k, ax, ref32[k], oth32[k], axes[k]) for k, ax in pairs if k in ref32]
             for g, pairs in spec.groups.items()

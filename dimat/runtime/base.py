@@ -12,6 +12,15 @@ def assign_agents(n_agents: int, n_hosts: int) -> list[list[int]]:
     return [list(range(bounds[h], bounds[h + 1])) for h in range(n_hosts)]
 
 
+def resolve_device(device: str, gpu_available: bool) -> str:
+    """`backend.device` → the torch device the agents use ("auto": cuda when a GPU is there)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"backend.device={device} is unknown: use auto, cpu or cuda")
+    if device == "cuda" and not gpu_available:
+        raise ValueError("backend.device=cuda but no GPU is visible: use backend.device=auto or cpu")
+    return "cuda" if device == "cuda" or (device == "auto" and gpu_available) else "cpu"
+
+
 class HostFailure(RuntimeError):
     """An agent host died or stopped answering; `host` is its index."""
 
@@ -24,6 +33,7 @@ class Backend:
     """Hosts agents; `groups[h]` lists the agents living on host h."""
 
     groups: list[list[int]]
+    comm: str = "object_store"  # how neighbour states travel: object_store | torch
 
     def call(self, method: str, *args: Any) -> list[Any]:
         """`method(*args)` on every host; results in host order."""

@@ -112,11 +112,14 @@ class AgentHost:
             losses[i] = loss
         return losses
 
-    def publish(self, ids: list[int] | None = None) -> dict[int, Any]:
-        """A snapshot of each agent's state, as a handle the other hosts can fetch."""
-        ids = list(self.agents) if ids is None else ids
+    def _payloads(self, ids) -> dict[int, np.ndarray]:
         snaps = {i: self.algorithm.payload(self.agents[i]) for i in ids}
         self._last_sent.update({i: v[: self.agents[i].layout.size] for i, v in snaps.items()})
+        return snaps
+
+    def publish(self, ids: list[int] | None = None) -> dict[int, Any]:
+        """A snapshot of each agent's state, as a handle the other hosts can fetch."""
+        snaps = self._payloads(list(self.agents) if ids is None else ids)
         if self.transport == "ray":
             import ray
 
@@ -137,7 +140,9 @@ class AgentHost:
         plan: agent → (self weight, [(neighbour, weight), ...]). Returns the
         transfers that happened as (source, destination, bytes) and merge times.
         """
-        states = self._fetch(handles)
+        return self._combine(plan, self._fetch(handles))
+
+    def _combine(self, plan: dict, states: dict[int, np.ndarray]) -> dict:
         transfers, merge_s = [], {}
         for i, (self_w, row) in plan.items():
             received = [Received(j, states[j], w) for j, w in row]
@@ -146,6 +151,32 @@ class AgentHost:
             info = self.algorithm.combine(self.agents[i], self_w, received)
             merge_s[i] = info.get("merge_s", time.perf_counter() - t0)
         return {"transfers": transfers, "merge_s": merge_s}
+
+    # -- torch.distributed exchange (backend.comm=torch) ---------------------
+    def comm_address(self, loopback: bool) -> tuple[str, int]:
+        from dimat.runtime import p2p
+
+        return p2p.free_address(loopback)
+
+    def init_comm(self, rank: int, world: int, addr: str, port: int, loopback: bool) -> None:
+        from dimat.runtime import p2p
+
+        p2p.init_group(rank, world, addr, port, device=self.device, timeout_s=self.timeout_s, loopback=loopback)
+
+    def destroy_comm(self) -> None:
+        from dimat.runtime import p2p
+
+        p2p.destroy_group()
+
+    def exchange_p2p(self, plan: dict, send_to: dict[int, list[int]], recv_from: dict[int, list[int]]) -> dict:
+        """Like `exchange`, with remote payloads moved by point-to-point messages (see `dimat.runtime.p2p`)."""
+        from dimat.runtime import p2p
+
+        local = {j for _, row in plan.values() for j, _ in row if j in self.agents}
+        payloads = self._payloads(sorted(local.union(*send_to.values())))
+        size = self.algorithm.payload_floats(next(iter(self.agents.values())).layout)
+        received = p2p.swap(payloads, send_to, recv_from, size, self.device)
+        return self._combine(plan, {**payloads, **received})
 
     # -- measurement -------------------------------------------------------
     def evaluate(self) -> dict[int, np.ndarray]:

@@ -17,7 +17,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from dimat.runtime.base import Backend, HostFailure, assign_agents
+from dimat.runtime.base import Backend, HostFailure, assign_agents, resolve_device
 from dimat.runtime.host import AgentHost
 
 
@@ -48,10 +48,25 @@ def connect(address: str) -> None:
     ray.init(address=address, logging_level=logging.WARNING)
 
 
+def gpu_share(b: dict, gpus: float, n_hosts: int) -> float:
+    """GPUs per actor: `backend.gpus_per_actor`, or the visible GPUs shared evenly (at most one each)."""
+    if b["device"] == "cpu":
+        return 0.0
+    if b["gpus_per_actor"] is not None:
+        if b["gpus_per_actor"] * n_hosts > gpus + 1e-9:
+            raise ValueError(
+                f"backend.gpus_per_actor={b['gpus_per_actor']:g} × {n_hosts} actors needs more than the cluster's "
+                f"{gpus:g} GPUs: lower it, or set backend.agents_per_actor so fewer actors start"
+            )
+        return float(b["gpus_per_actor"])
+    return min(1.0, gpus / n_hosts) if gpus else 0.0
+
+
 class RayBackend(Backend):
     def __init__(self, cfg: dict, dataset, parts):
         b = cfg["backend"]
         self.timeout_s = float(b["timeout_s"])
+        self.comm = b["comm"]
         self._owns_ray = not ray.is_initialized()
         self._cluster_flag: bool | None = None
         if self._owns_ray:
@@ -59,14 +74,26 @@ class RayBackend(Backend):
                 connect(b["address"])
             else:
                 self._cluster_flag = start_local_ray(b["num_cpus"])
+        self.hosts: list = []
+        self.pg = None
+        try:
+            self._start_hosts(cfg, dataset, parts, b)
+        except BaseException:
+            self.shutdown()  # nothing left behind: no actors, no placement group, no Ray of ours
+            raise
+
+    def _start_hosts(self, cfg: dict, dataset, parts, b: dict) -> None:
         cpus = float(ray.available_resources().get("CPU", 1.0))
         n = len(parts)
         n_hosts = math.ceil(n / b["agents_per_actor"]) if b["agents_per_actor"] else max(1, min(n, int(cpus)))
         self.groups = assign_agents(n, n_hosts)
         cpus_each = cpus / len(self.groups)
         threads = b["threads_per_actor"] or max(1, int(cpus_each))
+        gpus_each = gpu_share(b, float(ray.available_resources().get("GPU", 0.0)), len(self.groups))
+        device = resolve_device(b["device"], gpus_each > 0)
+        bundle = {"CPU": cpus_each, **({"GPU": gpus_each} if device == "cuda" else {})}
         strategy = {"pack": "PACK", "spread": "SPREAD"}[b["placement"]]
-        self.pg = placement_group([{"CPU": cpus_each}] * len(self.groups), strategy=strategy)
+        self.pg = placement_group([bundle] * len(self.groups), strategy=strategy)
         ray.get(self.pg.ready(), timeout=self.timeout_s)
         data_ref = ray.put(dataset)
         remote_host = ray.remote(AgentHost)
@@ -74,24 +101,42 @@ class RayBackend(Backend):
         def start(h: int):
             return remote_host.options(
                 num_cpus=cpus_each,
+                num_gpus=bundle.get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=h),
             ).remote(cfg, data_ref, {i: parts[i] for i in self.groups[h]}, transport="ray", threads=threads,
-                     timeout_s=self.timeout_s)
+                     timeout_s=self.timeout_s, device=device)
 
         self._start = start
         self.hosts = [start(h) for h in range(len(self.groups))]
         self.call("ping")
+        if self.comm == "torch":
+            self._init_comm()
+
+    def _init_comm(self) -> None:
+        """All hosts join one torch.distributed group; host 0 names the address and port."""
+        loopback = self._cluster_flag is not None  # a local Ray of ours: everything on 127.0.0.1
+        addr, port = self.call_one(0, "comm_address", loopback)
+        world = len(self.hosts)
+        self.call_each("init_comm", [(r, world, addr, port, loopback) for r in range(world)])
+
+    def _reset_comm(self) -> None:
+        """After a host changed: the survivors leave the old group, and every host joins a new one."""
+        if self.comm == "torch":
+            self.call("destroy_comm")
+            self._init_comm()
 
     def restart(self, host: int) -> None:
         """A fresh actor for a dead host's agents (their state comes back from a checkpoint)."""
         ray.kill(self.hosts[host])
         self.hosts[host] = self._start(host)
         self.call_one(host, "ping")
+        self._reset_comm()
 
     def drop(self, host: int) -> None:
         """Forget a dead host and its agents for the rest of the run."""
         ray.kill(self.hosts.pop(host))
         self.groups.pop(host)
+        self._reset_comm()
 
     def _get(self, refs: list, hosts: list[int]) -> list[Any]:
         """Results in order; a dead or hung actor becomes HostFailure naming its host."""
@@ -115,7 +160,8 @@ class RayBackend(Backend):
     def shutdown(self) -> None:
         for h in self.hosts:
             ray.kill(h)
-        remove_placement_group(self.pg)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
         if self._owns_ray:
             ray.shutdown()
         if self._cluster_flag is not None:
