@@ -63,6 +63,9 @@ class Agent:
         self.grad_hook = None
         self.steps_done = 0  # optimizer steps taken so far
         self.loss_fn = F.cross_entropy  # (model output, labels) -> scalar loss
+        # (AgentGroup, row) when the host trains its agents as one batched computation
+        # (backend.vectorize): the group then owns this agent's optimizer state
+        self.group = None
 
     # -- data ------------------------------------------------------------
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -128,8 +131,9 @@ class Agent:
         Plain tensors and numbers only, so it loads with `torch.load(weights_only=True)`.
         """
         ints = {k: v.clone() for k, v in self.model.state_dict().items() if not v.is_floating_point()}
+        opt = self.opt.state_dict() if self.group is None else {"momentum": self.momentum().cpu()}
         return {
-            "vec": self.vec.detach().cpu().clone(), "ints": ints, "opt": self.opt.state_dict(),
+            "vec": self.vec.detach().cpu().clone(), "ints": ints, "opt": opt,
             "rng": self.gen.get_state(), "order": torch.from_numpy(self._order.copy()), "pos": self._pos,
             "steps_done": self.steps_done,
         }
@@ -139,14 +143,19 @@ class Agent:
         for k, v in snap["ints"].items():
             owner_name, _, attr = k.rpartition(".")
             (self.model.get_submodule(owner_name) if owner_name else self.model)._buffers[attr].copy_(v)
-        self.opt = self._new_optimizer()
-        self.opt.load_state_dict(snap["opt"])
+        if self.group is not None:
+            self.set_momentum(snap["opt"]["momentum"].to(self.vec.device))
+        else:
+            self.opt = self._new_optimizer()
+            self.opt.load_state_dict(snap["opt"])
         self.gen.set_state(snap["rng"])
         self._order, self._pos = snap["order"].numpy().copy(), int(snap["pos"])
         self.steps_done = int(snap.get("steps_done", 0))
 
     def momentum(self) -> torch.Tensor:
         """The optimizer's momentum buffers as one flat vector over the parameters (zeros where none yet)."""
+        if self.group is not None:
+            return self.group[0].momentum(self.group[1])
         bufs = []
         for p in self.model.parameters():
             b = self.opt.state.get(p, {}).get("momentum_buffer")
@@ -154,6 +163,8 @@ class Agent:
         return torch.cat(bufs)
 
     def set_momentum(self, flat: torch.Tensor) -> None:
+        if self.group is not None:
+            return self.group[0].set_momentum(self.group[1], flat)
         off = 0
         for p in self.model.parameters():
             n = p.numel()
@@ -161,6 +172,8 @@ class Agent:
             off += n
 
     def reset_optimizer(self) -> None:
+        if self.group is not None:
+            return self.group[0].reset(self.group[1])
         self.opt = self._new_optimizer()
 
 

@@ -110,6 +110,7 @@ class BackendConf:
     placement: str = "pack"  # pack | spread
     comm: str = "object_store"  # object_store | torch (torch.distributed point-to-point between actors)
     device: str = "auto"  # auto (a GPU when there is one) | cpu | cuda
+    vectorize: bool = False  # a host's agents take their local steps as one batched (vmap) computation
     gpus_per_actor: float | None = None  # null: the cluster's GPUs shared evenly by the actors (fractions allowed)
     timeout_s: float = 600.0  # every ray.get waits at most this long
 

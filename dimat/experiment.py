@@ -145,6 +145,13 @@ def prepare(cfg: dict) -> Setup:
     # one model on the driver: its state size prices an exchange, its spec must derive
     model = build_agent_model(c, dataset, 0)
     state_bytes = 4 * algorithm.payload_floats(FlatLayout.of(model))
+    if c["backend"]["vectorize"]:
+        if FlatLayout.of(model).n_params != FlatLayout.of(model).size:
+            raise ConfigError("backend.vectorize=true needs a model without BatchNorm statistics: "
+                              "set model.norm=ln, gn or none")
+        if c["algorithm"]["optimizer"] not in ("sgd", "msgd"):
+            raise ConfigError(f"backend.vectorize=true supports algorithm.optimizer=sgd|msgd, "
+                              f"not {c['algorithm']['optimizer']}")
     spec = None
     if algo == "dimat" and c["merge"]["method"] != "average":
         from dimat.merge import PermutationSpec

@@ -65,15 +65,19 @@ def flatten_module(model: nn.Module) -> tuple[torch.Tensor, FlatLayout]:
     """
     layout = FlatLayout.of(model)
     flat = layout.flatten(model.state_dict())
-    views = layout.views(flat)
-    for name, tensor in views.items():
+    bind(model, layout, flat)
+    return flat, layout
+
+
+def bind(model: nn.Module, layout: FlatLayout, flat: torch.Tensor) -> None:
+    """Make the module's float parameters and buffers views into `flat` (which holds their values)."""
+    for name, tensor in layout.views(flat).items():
         owner_name, _, attr = name.rpartition(".")
         owner = model.get_submodule(owner_name) if owner_name else model
         if attr in owner._parameters:
             owner._parameters[attr].data = tensor
         else:
             owner._buffers[attr] = tensor
-    return flat, layout
 
 
 def to_numpy(vec: torch.Tensor) -> np.ndarray:

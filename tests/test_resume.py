@@ -17,9 +17,13 @@ def _strip(recs):
     return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in recs]
 
 
-@pytest.mark.parametrize("algorithm", ["dsgd", "dimat"])
+@pytest.mark.parametrize("algorithm", [
+    "dsgd", "dimat", "gt", "d2", "qgm",  # their per-agent state (trackers, momentum, ...) is checkpointed
+    "dsgd,backend.vectorize=true,algorithm.optimizer=msgd",  # momentum rows of a vectorized group
+])
 def test_a_crashed_run_resumes_to_the_same_metrics(tiny, tmp_path, monkeypatch, algorithm):
-    full = run(tiny(*COMMON, f"algorithm={algorithm}", f"run.dir={tmp_path}/full"))
+    algorithm, *extra = algorithm.split(",")
+    full = run(tiny(*COMMON, f"algorithm={algorithm}", *extra, f"run.dir={tmp_path}/full"))
 
     real_round = experiment.Driver.round
 
@@ -30,11 +34,11 @@ def test_a_crashed_run_resumes_to_the_same_metrics(tiny, tmp_path, monkeypatch, 
 
     monkeypatch.setattr(experiment.Driver, "round", crash_in_round_4)
     with pytest.raises(KeyboardInterrupt):
-        run(tiny(*COMMON, f"algorithm={algorithm}", f"run.dir={tmp_path}/crash"))
+        run(tiny(*COMMON, f"algorithm={algorithm}", *extra, f"run.dir={tmp_path}/crash"))
     assert [r["round"] for r in read_metrics(tmp_path / "crash")] == [1, 2, 3]  # round 3 is after the checkpoint
     monkeypatch.setattr(experiment.Driver, "round", real_round)
 
-    resumed = run(tiny(*COMMON, f"algorithm={algorithm}", f"run.dir={tmp_path}/crash"), resume=True)
+    resumed = run(tiny(*COMMON, f"algorithm={algorithm}", *extra, f"run.dir={tmp_path}/crash"), resume=True)
     assert _strip(read_metrics(tmp_path / "crash")) == _strip(read_metrics(full.run_dir))
     assert resumed.summary["bytes_total"] == full.summary["bytes_total"]
     assert resumed.summary["final_acc_mean"] == full.summary["final_acc_mean"]

@@ -89,6 +89,11 @@ class AgentHost:
             self.algorithm.prepare(agent, example.to(device))
             self.agents[i] = agent
         self.device = device
+        self.group = None
+        if cfg["backend"]["vectorize"]:
+            from dimat.runtime.vectorized import AgentGroup
+
+            self.group = AgentGroup(list(self.agents.values()))
         self._last_sent = {i: a.state().copy() for i, a in self.agents.items()}  # for event triggers
         self._scratch: tuple[torch.nn.Module, torch.Tensor] | None = None
 
@@ -100,11 +105,17 @@ class AgentHost:
         reports a loss of +inf, so the driver can log it; its neighbours never see
         the bad state.
         """
+        goods = {}
+        for i, a in self.agents.items():
+            goods[i] = a.vec.detach().clone()
+            self.algorithm.before_train(a)
+        if self.group is not None and steps > 0:
+            trained = self.group.train(steps)
+        else:
+            trained = {i: a.train(steps) for i, a in self.agents.items()}
         losses = {}
         for i, a in self.agents.items():
-            good = a.vec.detach().clone()
-            self.algorithm.before_train(a)
-            loss = a.train(steps)
+            good, loss = goods[i], trained[i]
             if not (np.isfinite(loss) or len(a.indices) == 0) or not bool(torch.isfinite(a.vec).all()):
                 a.load(good)
                 a.reset_optimizer()

@@ -1,0 +1,106 @@
+"""Vectorized agents (`backend.vectorize=true`): a host's agents take their local steps as one batched computation.
+
+The flat states of the host's agents become the rows of one matrix X [agents,
+state]; every agent's module tensors stay views into its row, so merging,
+evaluation, checkpoints and the algorithms see ordinary agents. A local step
+is one call: `vmap(grad(loss))` over the stacked parameters (views of X) and
+the stacked batches (each agent draws its own, from its own shard and RNG),
+then one optimizer step over the stacked parameters — SGD with or without
+momentum is elementwise, so one optimizer over the stack is exactly one
+optimizer per agent. Per-agent Python work per step is one batch draw.
+
+Limits: models without running statistics (BatchNorm's would need per-agent
+updates inside vmap: use model.norm=ln|gn|none), optimizers sgd|msgd.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, grad_and_value, vmap
+
+from dimat.agent import Agent, make_optimizer
+from dimat.flat import bind
+
+
+class AgentGroup:
+    """The agents of one host, trained in lockstep as one batched computation."""
+
+    def __init__(self, agents: list[Agent]):
+        first = agents[0]
+        if first.layout.n_params != first.layout.size:
+            raise ValueError(
+                "backend.vectorize=true needs a model without running statistics: set model.norm=ln, gn or none"
+            )
+        c = first.optimizer_cfg
+        if c["optimizer"] not in ("sgd", "msgd"):
+            raise ValueError(f"backend.vectorize=true supports algorithm.optimizer=sgd|msgd, not {c['optimizer']}")
+        self.agents = agents
+        n = len(agents)
+        self.X = torch.stack([a.vec.detach() for a in agents])  # [agents, state]: every agent's row
+        for k, a in enumerate(agents):
+            a.vec = self.X[k]
+            bind(a.model, a.layout, a.vec)
+            a.params = list(a.model.parameters())
+            a.group = (self, k)
+        lay = first.layout
+        entries = [(key, s, o) for key, s, o in zip(lay.keys, lay.shapes, lay.offsets) if o < lay.n_params]
+        self.names = [key for key, _, _ in entries]
+        self.stacked = [self.X[:, o : o + _numel(s)].view(n, *s) for _, s, o in entries]
+        self.opt = make_optimizer(self.stacked, c["optimizer"], c["lr"], c.get("momentum", 0.9), c.get("weight_decay", 0.0))
+        self.model = first.model  # the skeleton functional_call runs (its own tensors are not used)
+        loss_fn = first.loss_fn
+
+        def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return loss_fn(functional_call(self.model, params, (x,)), y)
+
+        self._step = vmap(grad_and_value(loss))
+
+    def train(self, steps: int) -> dict[int, float]:
+        """`steps` optimizer steps for every agent at once; returns each agent's mean loss."""
+        self.model.train()
+        total = torch.zeros(len(self.agents), device=self.X.device)
+        hooks = [(k, a.grad_hook) for k, a in enumerate(self.agents) if a.grad_hook is not None]
+        for _ in range(steps):
+            xs, ys = zip(*(a.next_batch() for a in self.agents))
+            grads, losses = self._step(dict(zip(self.names, self.stacked)), torch.stack(xs), torch.stack(ys))
+            for p, name in zip(self.stacked, self.names):
+                p.grad = grads[name]
+            for k, hook in hooks:  # e.g. gradient tracking's correction, on this agent's rows (views)
+                hook([p.grad[k] for p in self.stacked])
+            self.opt.step()
+            total += losses.detach()
+        for a in self.agents:
+            a.steps_done += steps
+        return {a.index: float(v) / steps for a, v in zip(self.agents, total)}
+
+    # -- one agent's optimizer state (its rows of the stacked state) -------------
+    def momentum(self, k: int) -> torch.Tensor:
+        rows = []
+        for p in self.stacked:
+            buf = self.opt.state.get(p, {}).get("momentum_buffer")
+            rows.append((buf[k] if buf is not None else torch.zeros_like(p[k])).reshape(-1))
+        return torch.cat(rows)
+
+    def set_momentum(self, k: int, flat: torch.Tensor) -> None:
+        off = 0
+        for p in self.stacked:
+            state = self.opt.state.setdefault(p, {})
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            n = p[k].numel()
+            state["momentum_buffer"][k].copy_(flat[off : off + n].view_as(p[k]))
+            off += n
+
+    def reset(self, k: int) -> None:
+        """A fresh optimizer for agent k alone: its momentum rows to zero."""
+        for p in self.stacked:
+            buf = self.opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                buf[k].zero_()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
