@@ -49,10 +49,11 @@ NONIID_METHODS = {
     "dsgd + momentum gossip": (["algorithm=dsgd", "algorithm.gossip_momentum=true"], 2),
     "qgm": (["algorithm=qgm"], 1),
     "d2": (["algorithm=d2"], 1),
-    "gt": (["algorithm=gt"], 2),
-    "gt (sgd, lr 0.1)": (["algorithm=gt", "algorithm.optimizer=sgd", "algorithm.lr=0.1"], 2),
+    "gt (sgd, lr 0.05)": (["algorithm=gt", "algorithm.optimizer=sgd", "algorithm.lr=0.05"], 2),
+    "gt (msgd, lr 0.02)": (["algorithm=gt", "algorithm.lr=0.02"], 2),
     "dimat-weight": (["algorithm=dimat", "merge=weight"], 1),
-    "dimat-weight + gt": (["algorithm=dimat", "merge=weight", "algorithm.correction=gt"], 2),
+    "dimat-weight + gt (sgd, lr 0.05)": (["algorithm=dimat", "merge=weight", "algorithm.correction=gt",
+                                          "algorithm.optimizer=sgd", "algorithm.lr=0.05"], 2),
     "centralized": (["algorithm=centralized"], 0),
 }
 

@@ -7,6 +7,7 @@ centralized reference in this process:
 1. overhead: 8 agents, fashion_mnist, cnn, one exchange per local epoch, ray backend:
    dsgd [≤ 1.25× centralized] and dimat with activation matching [≤ 1.5×];
 2. many: 64 agents (cnn) and 256 agents (mlp), ring and torus: time per round [≤ 1.5×], peak memory [≤ 8 GiB];
+   The vectorized group (backend.vectorize) is measured on the mlp rows beside the per-agent loop;
 3. exchange: a ring of 16 agents with a ~1M-parameter model: exchange time per round beyond merge arithmetic [≤ 50 ms];
 4. memory per agent: extra peak memory per added agent [≤ 3× model + optimizer state].
 Peak memory is the OS's resident set of this process and all its descendants (Ray workers), sampled.
@@ -116,6 +117,12 @@ def main() -> None:
             pair("8 agents cnn dsgd (total wall)", [*common, "algorithm=dsgd"], central, note="target ≤ 1.25")
             pair("8 agents cnn dimat activation", [*common, "algorithm=dimat", "merge=activation", "init=shared"],
                  central, note="target ≤ 1.5")
+            # the vectorized group (vmap over stacked agents) on a model it suits, and on the cnn
+            mlp = [*base, "model=mlp", "agents=8", "topology=ring"]
+            pair("8 agents mlp dsgd, vectorized in-process", [*mlp, "algorithm=dsgd", "backend=inprocess",
+                 "backend.vectorize=true"], [*mlp, "algorithm=centralized", "backend=inprocess"], note="target ≤ 1.25")
+            pair("8 agents mlp dsgd, per-agent loop in-process", [*mlp, "algorithm=dsgd", "backend=inprocess"],
+                 [*mlp, "algorithm=centralized", "backend=inprocess"], note="for comparison")
         if "many" in only:
             for model, n in (("cnn", 64), ("mlp", 256)):
                 for topo in ("ring", "torus"):
@@ -123,6 +130,11 @@ def main() -> None:
                     pair(f"{n} agents {model} {topo} dsgd (per round)", [*common, "algorithm=dsgd"],
                          [*common, "algorithm=centralized", "backend=inprocess"], per_round=True,
                          note="target ≤ 1.5, ≤ 8 GiB")
+                    if model == "mlp":
+                        pair(f"{n} agents mlp {topo} dsgd, vectorized (per round)",
+                             [*common, "algorithm=dsgd", "backend=inprocess", "backend.vectorize=true"],
+                             [*common, "algorithm=centralized", "backend=inprocess"], per_round=True,
+                             note="target ≤ 1.5, ≤ 8 GiB")
         if "memory" in only:
             # extra peak memory per added agent: 256 vs 32 mlp agents (fixed Ray cost cancels)
             common = [*base, "model=mlp", "topology=ring", "algorithm=dsgd", "rounds=1", "batch_size=16"]
