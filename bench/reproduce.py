@@ -76,8 +76,8 @@ def pct(v) -> str:
 
 def grid(quick: bool, tmp: str, out: Path) -> None:
     data = ["data=digits", "model=mlp"] if quick else ["data=fashion_mnist", "model=cnn", "model.norm=ln",
-                                                       "data.train_samples=10000"]
-    rounds = 6 if quick else 5
+                                                       "data.train_samples=6000", "eval.max_samples=2000"]
+    rounds = 6 if quick else 4
     base = [*data, "agents=5", f"rounds={rounds}", "local_epochs=1", "pretrain_epochs=0",
             "algorithm.optimizer=msgd", "algorithm.lr=0.05"]
     rows = []
@@ -112,7 +112,7 @@ def grid(quick: bool, tmp: str, out: Path) -> None:
 
 def single(quick: bool, tmp: str, out: Path) -> None:
     data = ["data=digits", "model=mlp"] if quick else ["data=fashion_mnist", "model=cnn", "model.norm=ln",
-                                                       "data.train_samples=10000"]
+                                                       "data.train_samples=10000", "eval.max_samples=2000"]
     rounds, dense = (12, 3) if quick else (10, 3)
     base = [*data, "agents=16", "topology=ring", "partition=dirichlet", "partition.alpha=0.1", f"rounds={rounds}",
             "algorithm=dsgd", "algorithm.optimizer=msgd", "algorithm.lr=0.05", "pretrain_epochs=0",
@@ -150,7 +150,7 @@ def noniid(quick: bool, tmp: str, out: Path) -> None:
                 "pretrain_epochs=0", "batch_size=32", "algorithm.optimizer=msgd", "algorithm.lr=0.05"]
         steps, period = 300, 10
     else:
-        base = ["experiment=noniid_classes"]
+        base = ["experiment=noniid_classes", "algorithm.optimizer=msgd", "algorithm.lr=0.05"]
         steps, period = 620, 10
     base = [*base, "eval.every=1000"]
     lines = ["| method | exchange every (steps) | model-sized transfers per agent | mean agent acc | "

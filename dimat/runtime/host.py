@@ -94,7 +94,11 @@ class AgentHost:
             from dimat.runtime.vectorized import AgentGroup
 
             self.group = AgentGroup(list(self.agents.values()))
-        self._last_sent = {i: a.state().copy() for i, a in self.agents.items()}  # for event triggers
+        from dimat.schedule import SCHEDULES
+
+        # the state each agent last sent, kept only for event-triggered schedules (one model per agent)
+        self._tracks_sent = SCHEDULES[cfg["schedule"]["name"]].needs_drift
+        self._last_sent = {i: a.state().copy() for i, a in self.agents.items()} if self._tracks_sent else {}
         self._scratch: tuple[torch.nn.Module, torch.Tensor] | None = None
 
     # -- training and exchange ---------------------------------------------
@@ -105,27 +109,32 @@ class AgentHost:
         reports a loss of +inf, so the driver can log it; its neighbours never see
         the bad state.
         """
+        if self.group is None or steps <= 0:
+            # one agent at a time: a single rollback copy is alive at once
+            return {i: self._checked(a, a.vec.detach().clone(), self._train_one(a, steps)) for i, a in self.agents.items()}
         goods = {}
         for i, a in self.agents.items():
             goods[i] = a.vec.detach().clone()
             self.algorithm.before_train(a)
-        if self.group is not None and steps > 0:
-            trained = self.group.train(steps)
-        else:
-            trained = {i: a.train(steps) for i, a in self.agents.items()}
-        losses = {}
-        for i, a in self.agents.items():
-            good, loss = goods[i], trained[i]
-            if not (np.isfinite(loss) or len(a.indices) == 0) or not bool(torch.isfinite(a.vec).all()):
-                a.load(good)
-                a.reset_optimizer()
-                loss = float("inf")
-            losses[i] = loss
-        return losses
+        trained = self.group.train(steps)
+        return {i: self._checked(a, goods[i], trained[i]) for i, a in self.agents.items()}
+
+    def _train_one(self, a: Agent, steps: int) -> float:
+        self.algorithm.before_train(a)
+        return a.train(steps)
+
+    def _checked(self, a: Agent, good: torch.Tensor, loss: float) -> float:
+        """The agent's loss, or +inf after rolling it back to `good` if it diverged."""
+        if not (np.isfinite(loss) or len(a.indices) == 0) or not bool(torch.isfinite(a.vec).all()):
+            a.load(good)
+            a.reset_optimizer()
+            return float("inf")
+        return loss
 
     def _payloads(self, ids) -> dict[int, np.ndarray]:
         snaps = {i: self.algorithm.payload(self.agents[i]) for i in ids}
-        self._last_sent.update({i: v[: self.agents[i].layout.size] for i, v in snaps.items()})
+        if self._tracks_sent:
+            self._last_sent.update({i: v[: self.agents[i].layout.size] for i, v in snaps.items()})
         return snaps
 
     def publish(self, ids: list[int] | None = None) -> dict[int, Any]:
@@ -253,7 +262,8 @@ class AgentHost:
         for i, a in self.agents.items():
             snap = a.snapshot()
             snap["algorithm"] = self.algorithm.agent_state(i)
-            snap["last_sent"] = torch.from_numpy(self._last_sent[i].copy())
+            if self._tracks_sent:
+                snap["last_sent"] = torch.from_numpy(self._last_sent[i].copy())
             save_atomic(snap, Path(folder) / f"agent_{i}.pt")
 
     def restore(self, folder: str) -> None:
@@ -262,7 +272,8 @@ class AgentHost:
             snap = torch.load(Path(folder) / f"agent_{i}.pt", weights_only=True)
             a.restore(snap)
             self.algorithm.load_agent_state(i, snap["algorithm"])
-            self._last_sent[i] = snap["last_sent"].numpy().copy()
+            if self._tracks_sent:
+                self._last_sent[i] = snap["last_sent"].numpy().copy()
 
     def assign(self, vec: np.ndarray) -> None:
         """Load one state into every hosted agent (a server's average)."""
