@@ -10,7 +10,8 @@ centralized reference in this process:
    The vectorized group (backend.vectorize) is measured on the mlp rows beside the per-agent loop;
 3. exchange: a ring of 16 agents with a ~1M-parameter model: exchange time per round beyond merge arithmetic [≤ 50 ms];
 4. memory per agent: extra peak memory per added agent [≤ 3× model + optimizer state].
-Peak memory is the OS's resident set of this process and all its descendants (Ray workers), sampled.
+Peak memory is the OS's proportional set size (PSS: shared pages split among the processes that map
+them) of this process and all its descendants (Ray workers), sampled every 50 ms.
 """
 
 from __future__ import annotations
@@ -28,11 +29,22 @@ from rich.table import Table
 from _common import compose_cfg, run
 
 
+def pss(pid: int) -> int:
+    """Proportional set size (bytes): shared pages (the object store, the dataset) split among their users."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def tree_rss(root: int) -> int:
-    """Summed resident memory (bytes) of `root` and all its descendants, from /proc (Linux)."""
+    """Memory (bytes) of `root` and all its descendants, from /proc (Linux): the sum of their
+    proportional set sizes, so pages shared through Ray's object store are counted once, not per reader."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -43,11 +55,10 @@ def tree_rss(root: int) -> int:
             continue
         pid = int(entry)
         children.setdefault(int(fields[1]), []).append(pid)  # fields[1] is the parent pid
-        rss[pid] = int(fields[21]) * page
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        total += pss(pid)
         todo += children.get(pid, [])
     return total
 

@@ -107,6 +107,7 @@ class Agent:
                 self.grad_hook([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
             self.opt.step()
             total += loss.detach()
+        self.opt.zero_grad(set_to_none=True)  # gradients are not kept between rounds: one model's worth less memory
         self.steps_done += steps
         return float(total) / steps
 

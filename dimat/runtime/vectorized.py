@@ -69,6 +69,8 @@ class AgentGroup:
                 hook([p.grad[k] for p in self.stacked])
             self.opt.step()
             total += losses.detach()
+        for p in self.stacked:
+            p.grad = None
         for a in self.agents:
             a.steps_done += steps
         return {a.index: float(v) / steps for a, v in zip(self.agents, total)}
