@@ -75,11 +75,15 @@ class Agent:
         )
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next mini-batch of an endless sequence of shuffled epochs."""
+        """The next mini-batch of an endless sequence of shuffled epochs (always `batch_size` samples:
+        a shard smaller than a batch contributes several epochs to it)."""
         if self._pos + self.batch_size > len(self._order):
-            perm = torch.randperm(len(self.indices), generator=self.gen).numpy()
-            rest = self._order[self._pos :]
-            self._order = np.concatenate([rest, self.indices[perm]])
+            if len(self.indices) == 0:
+                raise ValueError(f"agent {self.index} has no training samples: raise partition.min_samples")
+            parts = [self._order[self._pos :]]
+            while sum(map(len, parts)) < self.batch_size:
+                parts.append(self.indices[torch.randperm(len(self.indices), generator=self.gen).numpy()])
+            self._order = np.concatenate(parts)
             self._pos = 0
         idx = np.sort(self._order[self._pos : self._pos + self.batch_size])
         self._pos += self.batch_size
