@@ -1,12 +1,12 @@
 """The papers' comparisons on this machine: a method grid, the single-merge study, and the non-IID study.
 
-    .venv/bin/python bench/reproduce.py --quick                 # digits, every study (minutes)
+    .venv/bin/python bench/reproduce.py --quick                 # digits, every study (about 15 min)
     .venv/bin/python bench/reproduce.py --study noniid          # Fashion-MNIST, one study (about 20 min)
-    .venv/bin/python bench/reproduce.py                         # Fashion-MNIST, every study (hours: background)
+    .venv/bin/python bench/reproduce.py                         # Fashion-MNIST, every study (about 1 h: background)
 
 Studies (each writes bench/results/reproduce[_quick]_<study>.md, and the grid its plots):
 - grid: methods × splits {iid, classes, dirichlet α=0.1} × topologies {ring, full}, 5 agents, equal sample
-  passes (per-step methods gossip after each step); final mean accuracy, global-merge accuracy, total bytes,
+  passes (Fashion-MNIST: a 6,000-image subsample, cnn with `ln`, 4 rounds of 1 local epoch) (per-step methods gossip after each step); final mean accuracy, global-merge accuracy, total bytes,
   bytes per agent, wall time; where DIMAT's claim holds or fails.
 - single: 16 agents, Dirichlet α=0.1, ring, D-SGD with one budget spent early, spread, late, or not at all
   (final merge only); accuracy without and with the final global merge.

@@ -81,6 +81,9 @@ def test_resnet20_has_its_12_groups():
 
 @pytest.mark.parametrize("name,kw,shape,restarts", [
     ("mlp", {}, (1, 8, 8), 0), ("vgg16", {}, (3, 32, 32), 0), ("resnet20", {}, (3, 32, 32), 2),
+    # every norm variant: ln (one group) moves with its channels, gn pins them, none has nothing to move
+    ("cnn", {"norm": "ln"}, (1, 8, 8), 0), ("cnn", {"norm": "gn"}, (1, 8, 8), 0), ("cnn", {"norm": "none"}, (1, 8, 8), 0),
+    ("vgg11", {"norm": "ln"}, (3, 32, 32), 0), ("resnet20", {"norm": "ln"}, (3, 32, 32), 2),
 ])
 def test_weight_matching_recovers_a_planted_permutation(name, kw, shape, restarts):
     m, spec = model_and_spec(name, kw, shape)
@@ -93,9 +96,10 @@ def test_weight_matching_recovers_a_planted_permutation(name, kw, shape, restart
     assert info["sweeps"] >= 1
 
 
-@pytest.mark.parametrize("name,shape", [("mlp", (1, 8, 8)), ("cnn", (1, 8, 8))])
-def test_activation_matching_recovers_a_planted_permutation(name, shape):
-    m, spec = model_and_spec(name, {}, shape)
+@pytest.mark.parametrize("name,kw,shape", [("mlp", {}, (1, 8, 8)), ("cnn", {}, (1, 8, 8)),
+                                           ("cnn", {"norm": "ln"}, (1, 8, 8)), ("cnn", {"norm": "none"}, (1, 8, 8))])
+def test_activation_matching_recovers_a_planted_permutation(name, kw, shape):
+    m, spec = model_and_spec(name, kw, shape)
     data = torch.randn(512, *shape)
     reset_bn(m, data)
     other, _ = permuted_copy(m, spec, seed=4)
