@@ -6,7 +6,7 @@
 
 Studies (each writes bench/results/reproduce[_quick]_<study>.md, and the grid its plots):
 - grid: methods × splits {iid, classes, dirichlet α=0.1} × topologies {ring, full}, 5 agents, equal sample
-  passes (Fashion-MNIST: a 6,000-image subsample, cnn with `ln`, 4 rounds of 1 local epoch) (per-step methods gossip after each step); final mean accuracy, global-merge accuracy, total bytes,
+  passes (Fashion-MNIST: a 4,000-image subsample, cnn with `ln`, 3 rounds of 1 local epoch) (per-step methods gossip after each step); final mean accuracy, global-merge accuracy, total bytes,
   bytes per agent, wall time; where DIMAT's claim holds or fails.
 - single: 16 agents, Dirichlet α=0.1, ring, D-SGD with one budget spent early, spread, late, or not at all
   (final merge only); accuracy without and with the final global merge.
@@ -74,15 +74,15 @@ def pct(v) -> str:
     return "—" if v is None else f"{100 * v:.1f}%"
 
 
-def grid(quick: bool, tmp: str, out: Path) -> None:
+def grid(quick: bool, tmp: str, out: Path, topologies: tuple[str, ...] = TOPOLOGIES) -> None:
     data = ["data=digits", "model=mlp"] if quick else ["data=fashion_mnist", "model=cnn", "model.norm=ln",
-                                                       "data.train_samples=6000", "eval.max_samples=2000"]
-    rounds = 6 if quick else 4
+                                                       "data.train_samples=4000", "eval.max_samples=2000"]
+    rounds = 6 if quick else 3
     base = [*data, "agents=5", f"rounds={rounds}", "local_epochs=1", "pretrain_epochs=0",
             "algorithm.optimizer=msgd", "algorithm.lr=0.05"]
     rows = []
     for split, sp in SPLITS.items():
-        for topo in TOPOLOGIES:
+        for topo in topologies:
             for method, mo in GRID_METHODS.items():
                 extra = mo
                 if method == "cdsgd":  # same sample passes: one round per step, one gossip per step
@@ -106,7 +106,8 @@ def grid(quick: bool, tmp: str, out: Path) -> None:
         claims.append(f"- {split}, ring: DIMAT (activation) {pct(d['acc'])} with {d['bytes']:,} B vs CDSGD "
                       f"{pct(c['acc'])} with {c['bytes']:,} B and D-SGD {pct(g['acc'])}: DIMAT's claim (more "
                       f"accurate for far fewer bytes than gradient gossip) {'holds' if holds else 'does not hold'} here.")
-    write_md(out, "grid", quick, base, lines, claims)
+    args = "" if topologies == TOPOLOGIES else f" --topologies {','.join(topologies)}"
+    write_md(out, "grid", quick, base, lines, claims, args)
     plot(rows, out, quick)
 
 
@@ -176,10 +177,11 @@ def noniid(quick: bool, tmp: str, out: Path) -> None:
     write_md(out, "noniid", quick, base, lines, claims)
 
 
-def write_md(out: Path, study: str, quick: bool, base: list[str], lines: list[str], claims: list[str]) -> None:
+def write_md(out: Path, study: str, quick: bool, base: list[str], lines: list[str], claims: list[str],
+             args: str = "") -> None:
     out.mkdir(parents=True, exist_ok=True)
     md = out / f"reproduce_{'quick_' if quick else ''}{study}.md"
-    cmd = f".venv/bin/python bench/reproduce.py {'--quick ' if quick else ''}--study {study}"
+    cmd = f".venv/bin/python bench/reproduce.py {'--quick ' if quick else ''}--study {study}{args}"
     md.write_text(f"`{cmd}` (base overrides: `{' '.join(base)}`)\n\n" + "\n".join(lines) + "\n\n"
                   + "\n".join(claims) + "\n")
     print(md.read_text(), flush=True)
@@ -213,12 +215,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="digits and short schedules")
     ap.add_argument("--study", choices=[*STUDIES, "all"], default="all")
+    ap.add_argument("--topologies", default=",".join(TOPOLOGIES), help="grid topologies (comma-separated)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for name, study in STUDIES.items():
             if a.study in (name, "all"):
-                study(a.quick, tmp, Path(a.out))
+                extra = {"topologies": tuple(a.topologies.split(","))} if name == "grid" else {}
+                study(a.quick, tmp, Path(a.out), **extra)
 
 
 if __name__ == "__main__":
