@@ -157,12 +157,20 @@ class Agent:
         self._order, self._pos = snap["order"].numpy().copy(), int(snap["pos"])
         self.steps_done = int(snap.get("steps_done", 0))
 
+    def param_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views into a parameter-sized flat vector, shaped like the parameters (in order)."""
+        out, off = [], 0
+        for p in self.params:
+            out.append(flat[off : off + p.numel()].view_as(p))
+            off += p.numel()
+        return out
+
     def momentum(self) -> torch.Tensor:
         """The optimizer's momentum buffers as one flat vector over the parameters (zeros where none yet)."""
         if self.group is not None:
             return self.group[0].momentum(self.group[1])
         bufs = []
-        for p in self.model.parameters():
+        for p in self.params:
             b = self.opt.state.get(p, {}).get("momentum_buffer")
             bufs.append((b if b is not None else torch.zeros_like(p)).detach().reshape(-1))
         return torch.cat(bufs)
@@ -170,11 +178,8 @@ class Agent:
     def set_momentum(self, flat: torch.Tensor) -> None:
         if self.group is not None:
             return self.group[0].set_momentum(self.group[1], flat)
-        off = 0
-        for p in self.model.parameters():
-            n = p.numel()
-            self.opt.state.setdefault(p, {})["momentum_buffer"] = flat[off : off + n].view_as(p).clone()
-            off += n
+        for p, v in zip(self.params, self.param_views(flat)):
+            self.opt.state.setdefault(p, {})["momentum_buffer"] = v.clone()
 
     def reset_optimizer(self) -> None:
         if self.group is not None:

@@ -144,14 +144,12 @@ def prepare(cfg: dict) -> Setup:
     steps = c["local_steps"] or epochs_to_steps(c["local_epochs"], parts, c["batch_size"])
     # one model on the driver: its state size prices an exchange, its spec must derive
     model = build_agent_model(c, dataset, 0)
-    state_bytes = 4 * algorithm.payload_floats(FlatLayout.of(model))
+    layout = FlatLayout.of(model)
+    state_bytes = 4 * algorithm.payload_floats(layout)
     if c["backend"]["vectorize"]:
-        if FlatLayout.of(model).n_params != FlatLayout.of(model).size:
-            raise ConfigError("backend.vectorize=true needs a model without BatchNorm statistics: "
-                              "set model.norm=ln, gn or none")
-        if c["algorithm"]["optimizer"] not in ("sgd", "msgd"):
-            raise ConfigError(f"backend.vectorize=true supports algorithm.optimizer=sgd|msgd, "
-                              f"not {c['algorithm']['optimizer']}")
+        from dimat.runtime.vectorized import check_vectorizable
+
+        check_vectorizable(layout, c["algorithm"]["optimizer"])  # a ValueError: run() makes it one clear line
     spec = None
     if algo == "dimat" and c["merge"]["method"] != "average":
         from dimat.merge import PermutationSpec
@@ -162,7 +160,7 @@ def prepare(cfg: dict) -> Setup:
         state_bytes, bytes=c["budget"]["bytes"], exchanges=c["budget"]["exchanges"],
     )
     return Setup(c, dataset, parts, hist, topo, steps, algo == "centralized", schedule, state_bytes, spec,
-                 4 * FlatLayout.of(model).size)
+                 4 * layout.size)
 
 
 def run(cfg: DictConfig | dict, *, resume: bool = False) -> Result:

@@ -47,11 +47,7 @@ class Dimat(Algorithm):
         self._prev: dict[tuple[int, int], mergelib.Perm] = {}  # (agent, neighbour) -> last permutation
         self.proxy = None  # optional shared public data for matching and BN repair
         self.tracking = GradientTracking() if self.correction == "gt" else None
-        self.qgm = None
-        if self.correction == "qgm":
-            if self.optimizer["optimizer"] != "msgd":
-                raise ValueError("algorithm.correction=qgm needs algorithm.optimizer=msgd (it rebuilds the momentum)")
-            self.qgm = QuasiGlobalMomentum(self.optimizer["momentum"], self.optimizer["lr"])
+        self.qgm = QuasiGlobalMomentum(self.optimizer, "algorithm.correction=qgm") if self.correction == "qgm" else None
 
     def prepare(self, agent: Agent, example: torch.Tensor) -> None:
         if self.tracking is not None:

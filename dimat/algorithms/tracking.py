@@ -35,15 +35,6 @@ from dimat.algorithms.gossip import Dsgd
 from dimat.flat import FlatLayout
 
 
-def param_views(flat: torch.Tensor, agent: Agent) -> list[torch.Tensor]:
-    """Views into a parameter-sized flat vector, shaped like the agent's parameters (in order)."""
-    out, off = [], 0
-    for p in agent.params:
-        out.append(flat[off : off + p.numel()].view_as(p))
-        off += p.numel()
-    return out
-
-
 class GradientTracking:
     """Per agent: the correction c_i added to each local gradient, and the corrected gradients' sum."""
 
@@ -57,7 +48,7 @@ class GradientTracking:
         self.c[i] = torch.zeros(n, device=agent.vec.device)
         self.acc[i] = torch.zeros(n, device=agent.vec.device)
         self.count[i] = 0
-        c_views, acc_views = param_views(self.c[i], agent), param_views(self.acc[i], agent)
+        c_views, acc_views = agent.param_views(self.c[i]), agent.param_views(self.acc[i])
 
         def hook(grads: list[torch.Tensor]) -> None:
             torch._foreach_add_(grads, c_views)
@@ -91,8 +82,11 @@ class GradientTracking:
 class QuasiGlobalMomentum:
     """Per agent: m̂_i ← β·m̂_i + (1 − β)·(x_i before − x_i after)/(η·K), loaded as the momentum buffer."""
 
-    def __init__(self, beta: float, lr: float):
-        self.beta, self.lr = beta, lr
+    def __init__(self, optimizer: dict, option: str):
+        """From the algorithm's optimizer settings; `option` names the setting that asked for it (errors)."""
+        if optimizer["optimizer"] != "msgd":
+            raise ValueError(f"{option} needs algorithm.optimizer=msgd (it rebuilds the momentum buffer)")
+        self.beta, self.lr = optimizer["momentum"], optimizer["lr"]
         self.m: dict[int, torch.Tensor] = {}
         self.x0: dict[int, torch.Tensor] = {}
         self.s0: dict[int, int] = {}
@@ -143,17 +137,40 @@ def with_extra(agent: Agent, extra: torch.Tensor) -> np.ndarray:
     return torch.cat([agent.vec.detach(), extra.to(agent.vec.device)]).cpu().numpy()
 
 
-class Gt(Dsgd):
-    """Gradient tracking with local steps (K-GT); the payload is the state plus z_i."""
+class _CorrectedGossip(Dsgd):
+    """D-SGD plus one per-agent correction component (attached at prepare, saved in checkpoints)."""
+
+    name: str
 
     def __init__(self, **kw):
         super().__init__(**kw)
         if self.gossip_momentum:
-            raise ValueError("algorithm.gossip_momentum is a dsgd option: use algorithm=dsgd, or drop it for gt")
-        self.tracking = GradientTracking()
+            raise ValueError(
+                f"algorithm.gossip_momentum is a dsgd option: use algorithm=dsgd, or drop it for {self.name}"
+            )
+        self.component = self._component()
+
+    def _component(self):
+        raise NotImplementedError
 
     def prepare(self, agent: Agent, example: torch.Tensor) -> None:
-        self.tracking.attach(agent)
+        self.component.attach(agent)
+
+    def agent_state(self, index: int) -> dict:
+        return self.component.state(index)
+
+    def load_agent_state(self, index: int, state: dict) -> None:
+        self.component.load(index, state)
+
+
+class Gt(_CorrectedGossip):
+    """Gradient tracking with local steps (K-GT); the payload is the state plus z_i."""
+
+    name = "gt"
+
+    def _component(self) -> GradientTracking:
+        self.tracking = GradientTracking()
+        return self.tracking
 
     def payload_floats(self, layout: FlatLayout) -> int:
         return layout.size + layout.n_params
@@ -169,26 +186,15 @@ class Gt(Dsgd):
         self.after_merge(agent)
         return {}
 
-    def agent_state(self, index: int) -> dict:
-        return self.tracking.state(index)
 
-    def load_agent_state(self, index: int, state: dict) -> None:
-        self.tracking.load(index, state)
-
-
-class Qgm(Dsgd):
+class Qgm(_CorrectedGossip):
     """D-SGD with quasi-global momentum (needs optimizer=msgd); no extra bytes."""
 
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        if self.optimizer["optimizer"] != "msgd":
-            raise ValueError("algorithm=qgm needs algorithm.optimizer=msgd (it rebuilds the momentum buffer)")
-        if self.gossip_momentum:
-            raise ValueError("algorithm.gossip_momentum is a dsgd option: use algorithm=dsgd, or drop it for qgm")
-        self.qgm = QuasiGlobalMomentum(self.optimizer["momentum"], self.optimizer["lr"])
+    name = "qgm"
 
-    def prepare(self, agent: Agent, example: torch.Tensor) -> None:
-        self.qgm.attach(agent)
+    def _component(self) -> QuasiGlobalMomentum:
+        self.qgm = QuasiGlobalMomentum(self.optimizer, "algorithm=qgm")
+        return self.qgm
 
     def before_train(self, agent: Agent) -> None:
         self.qgm.before_train(agent)
@@ -197,12 +203,6 @@ class Qgm(Dsgd):
         gossip_average(agent.vec, self_weight, received)
         self.qgm.after_merge(agent)
         return {}
-
-    def agent_state(self, index: int) -> dict:
-        return self.qgm.state(index)
-
-    def load_agent_state(self, index: int, state: dict) -> None:
-        self.qgm.load(index, state)
 
 
 class D2(Algorithm):

@@ -15,11 +15,21 @@ updates inside vmap: use model.norm=ln|gn|none), optimizers sgd|msgd.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from dimat.agent import Agent, make_optimizer
-from dimat.flat import bind
+from dimat.flat import FlatLayout, bind
+
+
+def check_vectorizable(layout: FlatLayout, optimizer: str) -> None:
+    """Refuse what one batched step over stacked agents cannot do (checked again before a run starts)."""
+    if layout.n_params != layout.size:
+        raise ValueError("backend.vectorize=true needs a model without BatchNorm statistics: set model.norm=ln, gn or none")
+    if optimizer not in ("sgd", "msgd"):
+        raise ValueError(f"backend.vectorize=true supports algorithm.optimizer=sgd|msgd, not {optimizer}")
 
 
 class AgentGroup:
@@ -27,13 +37,8 @@ class AgentGroup:
 
     def __init__(self, agents: list[Agent]):
         first = agents[0]
-        if first.layout.n_params != first.layout.size:
-            raise ValueError(
-                "backend.vectorize=true needs a model without running statistics: set model.norm=ln, gn or none"
-            )
         c = first.optimizer_cfg
-        if c["optimizer"] not in ("sgd", "msgd"):
-            raise ValueError(f"backend.vectorize=true supports algorithm.optimizer=sgd|msgd, not {c['optimizer']}")
+        check_vectorizable(first.layout, c["optimizer"])
         self.agents = agents
         n = len(agents)
         self.X = torch.stack([a.vec.detach() for a in agents])  # [agents, state]: every agent's row
@@ -45,7 +50,7 @@ class AgentGroup:
         lay = first.layout
         entries = [(key, s, o) for key, s, o in zip(lay.keys, lay.shapes, lay.offsets) if o < lay.n_params]
         self.names = [key for key, _, _ in entries]
-        self.stacked = [self.X[:, o : o + _numel(s)].view(n, *s) for _, s, o in entries]
+        self.stacked = [self.X[:, o : o + math.prod(s)].view(n, *s) for _, s, o in entries]
         self.opt = make_optimizer(self.stacked, c["optimizer"], c["lr"], c.get("momentum", 0.9), c.get("weight_decay", 0.0))
         self.model = first.model  # the skeleton functional_call runs (its own tensors are not used)
         loss_fn = first.loss_fn
@@ -100,9 +105,3 @@ class AgentGroup:
             if buf is not None:
                 buf[k].zero_()
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
