@@ -58,6 +58,7 @@ class Agent:
         self._order = np.empty(0, dtype=np.int64)
         self._pos = 0
         self.params = list(self.model.parameters())  # in flat-vector order (parameters first)
+        self._param_names = [k for k, o in zip(self.layout.keys, self.layout.offsets) if o < self.layout.n_params]
         # optional: called with the parameters' gradients after each backward pass, before the
         # optimizer step (gradient tracking adds its correction and accumulates here)
         self.grad_hook = None
@@ -114,6 +115,37 @@ class Agent:
         self.opt.zero_grad(set_to_none=True)  # gradients are not kept between rounds: one model's worth less memory
         self.steps_done += steps
         return float(total) / steps
+
+    def gradient(
+        self, xb: torch.Tensor, yb: torch.Tensor, state: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """The flat parameter gradient of the loss on (xb, yb) and the loss, in train mode.
+
+        At the agent's own weights (its running statistics update, as in a training step), or at
+        `state`, another model's flat state (e.g. a neighbour's): then on a copy, nothing of the
+        agent changes.
+        """
+        self.model.train()
+        if state is None:
+            loss = self.loss_fn(self.model(xb), yb)
+            grads = torch.autograd.grad(loss, self.params)
+            return torch.cat([g.reshape(-1) for g in grads]), float(loss.detach())
+        n = self.layout.n_params
+        full = as_tensor(state).to(self.device, copy=True)
+        leaf = full[:n].clone().requires_grad_()
+        tensors = self.layout.views(full)  # buffers: views of the copy (BatchNorm may update them)
+        tensors.update(zip(self._param_names, self.param_views(leaf)))
+        loss = self.loss_fn(torch.func.functional_call(self.model, tensors, (xb,)), yb)
+        (g,) = torch.autograd.grad(loss, leaf)
+        return g, float(loss.detach())
+
+    def apply_gradient(self, flat: torch.Tensor) -> None:
+        """One optimizer step with `flat` (parameter-sized) as the gradient."""
+        for p, g in zip(self.params, self.param_views(flat)):
+            p.grad = g
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.steps_done += 1
 
     def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         return predict(self.model, x, batch_size, self.device)

@@ -67,6 +67,9 @@ class AlgorithmConf:
     opt_state: str = "keep"  # keep | reset
     gossip_momentum: bool = False  # dsgd: send and mix the momentum buffer too
     correction: str = "none"  # dimat: none | gt (gradient tracking) | qgm (quasi-global momentum)
+    # cga: each cross-gradient's least share in the aggregate (0: project the own gradient only)
+    qp_margin: float = 0.5
+    qp_per_layer: bool = True  # cga: one QP per parameter tensor (false: one over the whole model)
 
 
 @dataclass

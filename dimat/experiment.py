@@ -149,6 +149,10 @@ def prepare(cfg: dict) -> Setup:
     if c["backend"]["vectorize"]:
         from dimat.runtime.vectorized import check_vectorizable
 
+        if ALGORITHMS[algo].cross:
+            raise ConfigError(f"algorithm={algo} takes gradients of neighbours' models one agent at a time: "
+                              "set backend.vectorize=false")
+
         check_vectorizable(layout, c["algorithm"]["optimizer"])  # a ValueError: run() makes it one clear line
     spec = None
     if algo == "dimat" and c["merge"]["method"] != "average":
@@ -245,6 +249,7 @@ class Driver:
         self.communicates = ALGORITHMS[c["algorithm"]["name"]].communicates
         self.mixing = ALGORITHMS[c["algorithm"]["name"]].mixing
         self.server = ALGORITHMS[c["algorithm"]["name"]].server
+        self.cross = ALGORITHMS[c["algorithm"]["name"]].cross
         self.records: list[dict] = []
         self.alive = list(range(n))  # agents still running (run.on_failure=drop removes some)
         self.t_start = time.perf_counter()
@@ -287,10 +292,8 @@ class Driver:
     def round(self, r: int) -> None:
         c, s, backend, n = self.c, self.s, self.backend, len(self.alive)
         R, spr = c["rounds"], s.steps_per_round
-        losses = _merge_dicts(backend.call("train", spr))
-        rolled_back = [i for i, v in losses.items() if v == float("inf")]
-        if rolled_back:
-            self.display.print(f"[yellow]round {r}: agents {rolled_back} diverged and were rolled back[/]")
+        # cga trains inside its exchange: its gradients are taken at the models it sends
+        losses = {} if self.cross else _merge_dicts(backend.call("train", spr))
         progress = Progress(r, R, r * spr, R * spr)
         due = r % c["eval"]["every"] == 0 or r == R
         top = s.topology.at(r - 1) if isinstance(s.topology, topologies.TimeVarying) else s.topology
@@ -309,9 +312,14 @@ class Driver:
         t_exchange = time.perf_counter()
         if self.server:
             round_bytes, merge_s = (_server_average(backend, self.alive, self.s, self.ledger) if plan else 0), 0.0
+        elif self.cross:
+            round_bytes, merge_s, losses = _cross_exchange(backend, mixing_rows(W, plan), self.ledger)
         else:
             round_bytes, merge_s = _exchange(backend, mixing_rows(W, plan), self.ledger)
         rec["exchange_s"] = time.perf_counter() - t_exchange
+        rolled_back = [i for i, v in losses.items() if v == float("inf")]
+        if rolled_back:
+            self.display.print(f"[yellow]round {r}: agents {rolled_back} diverged and were rolled back[/]")
         if not due:
             return
         rec.update(_measure(backend, n, self.test_counts, self.own))
@@ -412,21 +420,56 @@ def _exchange(backend, rows: dict, ledger: ByteLedger) -> tuple[int, float]:
         from dimat.runtime.p2p import host_plans
 
         results = backend.call_each("exchange_p2p", host_plans(backend.groups, rows))
-        return sum(ledger.add(res["transfers"]) for res in results), sum(
-            sum(res["merge_s"].values()) for res in results
-        )
-    senders = sorted({j for _, row in rows.values() for j, _ in row})
-    by_host = [[j for j in g if j in set(senders)] for g in backend.groups]
-    handles = _merge_dicts(backend.call_each("publish", [(ids,) for ids in by_host]))
+    else:
+        results = backend.call_each("exchange", _published(backend, rows))
+    return _account(results, ledger)
+
+
+def _published(backend, rows: dict) -> list[tuple[dict, dict]]:
+    """Per host: (its agents' rows, handles of the states they read), each sender's state published once."""
+    senders = {j for _, row in rows.values() for j, _ in row}
+    handles = _merge_dicts(backend.call_each("publish", [([j for j in g if j in senders],) for g in backend.groups]))
     args = []
     for g in backend.groups:
         mine = {i: rows[i] for i in g if i in rows}
         need = {j for _, row in mine.values() for j, _ in row}
         args.append((mine, {j: handles[j] for j in need}))
-    results = backend.call_each("exchange", args)
-    total = sum(ledger.add(res["transfers"]) for res in results)
-    merge_s = sum(sum(res["merge_s"].values()) for res in results)
-    return total, merge_s
+    return args
+
+
+def _account(results: list[dict], ledger: ByteLedger) -> tuple[int, float]:
+    """Record the hosts' reported transfers; the round's bytes and total merge time."""
+    return sum(ledger.add(res["transfers"]) for res in results), sum(sum(res["merge_s"].values()) for res in results)
+
+
+def _cross_exchange(backend, rows: dict, ledger: ByteLedger) -> tuple[int, float, dict]:
+    """cga's round: models out along the plan, cross-gradients back along each edge, then every agent
+    steps (those without exchanges on their own gradient). Returns bytes, QP time and losses
+    (+inf for an agent rolled back)."""
+    incoming: dict[int, list[tuple[int, float]]] = {}  # model owner j -> [(gradient computed by i, W_ij)]
+    for i, (_, row) in rows.items():
+        for j, w in row:
+            incoming.setdefault(j, []).append((i, w))
+    into = [{j: incoming[j] for j in g if j in incoming} for g in backend.groups]
+    if backend.comm == "torch":
+        from dimat.runtime.p2p import host_plans, reply_plans
+
+        args = [(*p, *b, inc) for p, b, inc in zip(host_plans(backend.groups, rows), reply_plans(backend.groups, rows), into)]
+        results = backend.call_each("cross_p2p", args)
+        losses = _merge_dicts([res["losses"] for res in results])
+    else:
+        args = _published(backend, rows) if rows else [({}, {}) for _ in backend.groups]
+        first = backend.call_each("cross_gradients", args)
+        grads = _merge_dicts([res["grads"] for res in first])
+        second = backend.call_each(
+            "cross_step", [(inc, {(i, j): grads[(i, j)] for j, src in inc.items() for i, _ in src}) for inc in into]
+        )
+        losses = _merge_dicts([res["losses"] for res in first])
+        results = [{**a, **b, "transfers": a["transfers"] + b["transfers"]} for a, b in zip(first, second)]
+    for res in results:
+        losses.update({i: float("inf") for i in res["rolled_back"]})
+    total, qp_s = _account(results, ledger)
+    return total, qp_s, losses
 
 
 def _server_average(backend, alive: list[int], s: Setup, ledger: ByteLedger) -> int:

@@ -18,7 +18,7 @@ def _strip(recs):
 
 
 @pytest.mark.parametrize("algorithm", [
-    "dsgd", "dimat", "gt", "d2", "qgm",  # their per-agent state (trackers, momentum, ...) is checkpointed
+    "dsgd", "dimat", "gt", "d2", "qgm", "cga",  # their per-agent state (trackers, momentum, ...) is checkpointed
     "dsgd,backend.vectorize=true,algorithm.optimizer=msgd",  # momentum rows of a vectorized group
 ])
 def test_a_crashed_run_resumes_to_the_same_metrics(tiny, tmp_path, monkeypatch, algorithm):

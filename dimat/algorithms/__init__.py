@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dimat.algorithms.base import Algorithm, Received, gossip_average
 from dimat.algorithms.consensus import Cdsgd
+from dimat.algorithms.cross import Cga
 from dimat.algorithms.dimat import Dimat
 from dimat.algorithms.gossip import Centralized, Dsgd, Fedavg, Local
 from dimat.algorithms.push_sum import Sgp
@@ -21,6 +22,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "cdsgd": Cdsgd,
     "cdmsgd": Cdsgd,
     "sgp": Sgp,
+    "cga": Cga,
     "gt": Gt,
     "d2": D2,
     "qgm": Qgm,

@@ -48,6 +48,8 @@ class Algorithm:
         opt_state: str = "keep",
         gossip_momentum: bool = False,
         correction: str = "none",
+        qp_margin: float = 0.5,
+        qp_per_layer: bool = True,
     ):
         if opt_state not in ("keep", "reset"):
             raise ValueError(f"algorithm.opt_state={opt_state} is unknown: use keep or reset")
@@ -62,6 +64,9 @@ class Algorithm:
                 f"algorithm.correction={correction} is a dimat option: use algorithm={correction} for gossip"
             )
         self.correction = correction
+        if qp_margin < 0:
+            raise ValueError(f"algorithm.qp_margin={qp_margin} must be >= 0 (0: a pure projection)")
+        self.qp_margin, self.qp_per_layer = qp_margin, qp_per_layer  # cga's aggregation (see algorithms.cross)
 
     def payload_floats(self, layout: FlatLayout) -> int:
         """How many float32 values one payload holds (prices an exchange before the run starts)."""
@@ -72,6 +77,7 @@ class Algorithm:
         return agent.state().copy()
 
     server: bool = False  # a server averages all agents (fedavg) instead of neighbour gossip
+    cross: bool = False  # models out, gradients of them back, then one step (cga): no local training
     takes_correction: bool = False  # whether `correction=gt|qgm` applies (dimat)
     mixing: str = "row"  # row: the topology's W; column: its column-stochastic push-sum matrix
     steps_per_round: int | None = None  # forces local_steps (e.g. 1 for per-step consensus methods)

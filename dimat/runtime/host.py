@@ -139,12 +139,15 @@ class AgentHost:
 
     def publish(self, ids: list[int] | None = None) -> dict[int, Any]:
         """A snapshot of each agent's state, as a handle the other hosts can fetch."""
-        snaps = self._payloads(list(self.agents) if ids is None else ids)
+        return self._put(self._payloads(list(self.agents) if ids is None else ids))
+
+    def _put(self, arrays: dict) -> dict:
+        """Handles other hosts can fetch: object-store references with Ray, the arrays themselves in-process."""
         if self.transport == "ray":
             import ray
 
-            return {i: ray.put(v) for i, v in snaps.items()}
-        return snaps
+            return {k: ray.put(v) for k, v in arrays.items()}
+        return arrays
 
     def _fetch(self, handles: dict[int, Any]) -> dict[int, np.ndarray]:
         if self.transport == "ray":
@@ -171,6 +174,53 @@ class AgentHost:
             info = self.algorithm.combine(self.agents[i], self_w, received)
             merge_s[i] = info.get("merge_s", time.perf_counter() - t0)
         return {"transfers": transfers, "merge_s": merge_s}
+
+    # -- cross-gradient exchange (algorithm=cga): models out, gradients back ----
+    def cross_gradients(self, plan: dict, handles: dict[int, Any]) -> dict:
+        """Phase one: every hosted agent takes its own gradient; each planned one also, on the same batch,
+        the gradient of every neighbour model it receives. Returns those as handles keyed (computed by,
+        model of), the model transfers and each agent's loss."""
+        return self._cross_begin(plan, self._fetch(handles), put=True)
+
+    def cross_step(self, incoming: dict[int, list[tuple[int, float]]], handles: dict) -> dict:
+        """Phase two: each hosted agent aggregates the cross-gradients `incoming` names (source, weight),
+        mixes with the models it received and steps."""
+        return self._cross_finish(incoming, self._fetch(handles))
+
+    def _cross_begin(self, plan: dict, states: dict[int, np.ndarray], put: bool) -> dict:
+        grads, transfers, losses = {}, [], {}
+        for i, a in self.agents.items():
+            self_w, row = plan.get(i, (1.0, []))
+            received = [Received(j, states[j], w) for j, w in row]
+            transfers += [(r.source, i, int(r.state.nbytes)) for r in received]
+            losses[i], out = self.algorithm.begin(a, self_w, received)
+            grads.update({(i, j): g for j, g in out.items()})
+        return {"transfers": transfers, "losses": losses, "grads": self._put(grads) if put else grads}
+
+    def _cross_finish(self, incoming: dict, grads: dict) -> dict:
+        transfers, merge_s, rolled_back = [], {}, []
+        for i, a in self.agents.items():
+            cross = [Received(k, grads[(k, i)], w) for k, w in incoming.get(i, [])]
+            transfers += [(r.source, i, int(r.state.nbytes)) for r in cross]
+            good = a.vec.detach().clone()
+            merge_s[i] = self.algorithm.finish(a, cross)["qp_s"]
+            if self._checked(a, good, 0.0) == float("inf"):
+                rolled_back.append(i)
+        return {"transfers": transfers, "merge_s": merge_s, "rolled_back": rolled_back}
+
+    def cross_p2p(self, plan: dict, send_to: dict, recv_from: dict, back_to: dict, back_from: dict,
+                  incoming: dict) -> dict:
+        """Both phases in one call, the models and the cross-gradients moved by point-to-point messages."""
+        from dimat.runtime import p2p
+
+        layout = next(iter(self.agents.values())).layout
+        local = {j for _, row in plan.values() for j, _ in row if j in self.agents}
+        payloads = self._payloads(sorted(local.union(*send_to.values())))
+        states = {**payloads, **p2p.swap(payloads, send_to, recv_from, layout.size, self.device)}
+        first = self._cross_begin(plan, states, put=False)
+        grads = first["grads"]
+        second = self._cross_finish(incoming, {**grads, **p2p.swap(grads, back_to, back_from, layout.n_params, self.device)})
+        return {**second, "transfers": first["transfers"] + second["transfers"], "losses": first["losses"]}
 
     # -- torch.distributed exchange (backend.comm=torch) ---------------------
     def comm_address(self, loopback: bool) -> tuple[str, int]:

@@ -74,9 +74,25 @@ def host_plans(groups: list[list[int]], rows: Rows) -> list[tuple[Rows, dict[int
     return plans
 
 
-def swap(payloads: dict[int, np.ndarray], send_to: dict[int, list[int]], recv_from: dict[int, list[int]],
-         size: int, device: str) -> dict[int, np.ndarray]:
-    """Post every send and receive of this host at once; returns the received payloads by agent."""
+def reply_plans(groups: list[list[int]], rows: Rows) -> list[tuple[dict[int, list], dict[int, list]]]:
+    """The way back (cga's cross-gradients): for every i that receives j's model, the message (i, j)
+    goes from i's host to j's. Per host: ({host: keys to send it}, {host: keys to receive from it})."""
+    owner = {i: h for h, g in enumerate(groups) for i in g}
+    back = [dict() for _ in groups]  # back[a][b]: keys (i, j) with i on a, j on b
+    for i, (_, row) in rows.items():
+        for j, _ in row:
+            if owner[i] != owner[j]:
+                back[owner[i]].setdefault(owner[j], []).append((i, j))
+    return [
+        ({b: sorted(k) for b, k in sorted(back[h].items())},
+         {a: sorted(back[a][h]) for a in range(len(groups)) if h in back[a]})
+        for h in range(len(groups))
+    ]
+
+
+def swap(payloads: dict, send_to: dict[int, list], recv_from: dict[int, list], size: int, device: str) -> dict:
+    """Post every send and receive of this host at once; returns the received payloads by key (an agent,
+    or a (sender, receiver) pair); every payload is `size` float32 values."""
     import torch.distributed as dist
 
     ops, inbox = [], {}
