@@ -170,7 +170,7 @@ def noniid(quick: bool, tmp: str, out: Path) -> None:
             continue
         every = period * max(size, 1)
         if name in PER_STEP:  # one step per round; the schedule exchanges on every `every`-th
-            pace = [f"rounds={steps}", "schedule=periodic", f"schedule.every={every}"]
+            pace = [f"rounds={steps}", "local_steps=null", "schedule=periodic", f"schedule.every={every}"]
         else:
             pace = [f"local_steps={every}", f"rounds={steps // every}"]
         r = one([*base, *extra, *pace], tmp, f"noniid-{name}")
