@@ -9,6 +9,8 @@ gradient-episodic-memory projection, as in the paper's code):
 
     g̃ = w_jj·g_jj + Σ_i v_i·w_ij·g_ij,   v = argmin_{v ≥ m} ½‖w_jj·g_jj + Σ_i v_i·w_ij·g_ij‖²
 
+(w_ij: the weight i gives j's model in its own row of the plan, not a byte on
+the wire; for a symmetric W it is j's own weight for i, as in the paper),
 which is the dual of projecting w_jj·g_jj onto {g : ⟨g, w_ij·g_ij⟩ ≥ 0 ∀ i} when
 the margin m is 0 (the step then raises no neighbour's loss to first order);
 m > 0 keeps at least that share of every cross-gradient (the public code
