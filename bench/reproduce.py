@@ -51,7 +51,8 @@ NONIID_METHODS = {
     "dsgd + momentum gossip": (["algorithm=dsgd", "algorithm.gossip_momentum=true"], 2),
     "qgm": (["algorithm=qgm"], 1),
     "d2": (["algorithm=d2"], 1),
-    "cga": (["algorithm=cga"], 2),
+    "cga (msgd, lr 0.05)": (["algorithm=cga"], 2),
+    "cga (sgd, lr 0.05)": (["algorithm=cga", "algorithm.optimizer=sgd", "algorithm.lr=0.05"], 2),
     "gt (sgd, lr 0.05)": (["algorithm=gt", "algorithm.optimizer=sgd", "algorithm.lr=0.05"], 2),
     "gt (msgd, lr 0.02)": (["algorithm=gt", "algorithm.lr=0.02"], 2),
     "dimat-weight": (["algorithm=dimat", "merge=weight"], 1),
@@ -169,10 +170,10 @@ def noniid(quick: bool, tmp: str, out: Path) -> None:
         if quick and "BatchNorm" in name:
             continue
         every = period * max(size, 1)
-        if name in PER_STEP:  # one step per round; the schedule exchanges on every `every`-th
+        if any(f"algorithm={m}" in extra for m in PER_STEP):  # a step per round; exchanges on every `every`-th
             pace = [f"rounds={steps}", "local_steps=null", "schedule=periodic", f"schedule.every={every}"]
         else:
-            pace = [f"local_steps={every}", f"rounds={steps // every}"]
+            pace = [f"local_steps={every}", f"rounds={steps // every}", "schedule=periodic", "schedule.every=1"]
         r = one([*base, *extra, *pace], tmp, f"noniid-{name}")
         rows.append((name, r))
         print(f"{name:26s} every {every:3d}  transfers {r['transfers']:6.1f}  acc {pct(r['acc']):>6s}  "
