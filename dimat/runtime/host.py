@@ -214,10 +214,7 @@ class AgentHost:
         from dimat.runtime import p2p
 
         layout = next(iter(self.agents.values())).layout
-        local = {j for _, row in plan.values() for j, _ in row if j in self.agents}
-        payloads = self._payloads(sorted(local.union(*send_to.values())))
-        states = {**payloads, **p2p.swap(payloads, send_to, recv_from, layout.size, self.device)}
-        first = self._cross_begin(plan, states, put=False)
+        first = self._cross_begin(plan, self._swap_payloads(plan, send_to, recv_from, layout.size), put=False)
         grads = first["grads"]
         second = self._cross_finish(incoming, {**grads, **p2p.swap(grads, back_to, back_from, layout.n_params, self.device)})
         return {**second, "transfers": first["transfers"] + second["transfers"], "losses": first["losses"]}
@@ -240,13 +237,17 @@ class AgentHost:
 
     def exchange_p2p(self, plan: dict, send_to: dict[int, list[int]], recv_from: dict[int, list[int]]) -> dict:
         """Like `exchange`, with remote payloads moved by point-to-point messages (see `dimat.runtime.p2p`)."""
+        size = self.algorithm.payload_floats(next(iter(self.agents.values())).layout)
+        return self._combine(plan, self._swap_payloads(plan, send_to, recv_from, size))
+
+    def _swap_payloads(self, plan: dict, send_to: dict, recv_from: dict, size: int) -> dict[int, np.ndarray]:
+        """The payloads `plan` reads: hosted ones directly, the others by point-to-point messages (each of
+        this host's payloads that another host needs goes to it once)."""
         from dimat.runtime import p2p
 
         local = {j for _, row in plan.values() for j, _ in row if j in self.agents}
         payloads = self._payloads(sorted(local.union(*send_to.values())))
-        size = self.algorithm.payload_floats(next(iter(self.agents.values())).layout)
-        received = p2p.swap(payloads, send_to, recv_from, size, self.device)
-        return self._combine(plan, {**payloads, **received})
+        return {**payloads, **p2p.swap(payloads, send_to, recv_from, size, self.device)}
 
     # -- measurement -------------------------------------------------------
     def evaluate(self) -> dict[int, np.ndarray]:
