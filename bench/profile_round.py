@@ -16,7 +16,8 @@ import time
 
 from _common import compose_cfg, run
 
-PHASES = ("train", "evaluate", "publish", "exchange", "state_sum", "sq_distance", "_final_merge", "build_backend")
+PHASES = ("setup", "AgentHost.__init__", "train", "evaluate", "evaluate_state", "run_exchange", "state_sum",
+          "sq_distance", "_final_merge")
 
 
 def main() -> None:
@@ -33,8 +34,9 @@ def main() -> None:
     stats = pstats.Stats(prof).stats
     print(f"{' '.join(overrides)}: {wall:.2f} s")
     for phase in PHASES:
+        name_of = phase.split(".")[-1]
         cum = sum(v[3] for (path, _, name), v in stats.items()
-                  if name == phase and ("host.py" in path or "experiment.py" in path or "runtime" in path))
+                  if name == name_of and any(p in path for p in ("runtime", "experiment.py", "components.py")))
         print(f"  {phase:14s} {cum:7.2f} s  {100 * cum / wall:5.1f}%")
 
 

@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 
 from _common import ROOT, compose_cfg, run
-from dimat.experiment import prepare, to_plain
+from dimat.api import to_plain
+from dimat.components import setup
 
 GRID_METHODS = {
     "dimat-activation": ["algorithm=dimat", "merge=activation", "init=independent"],
@@ -52,12 +53,12 @@ NONIID_METHODS = {
     "qgm": (["algorithm=qgm"], 1),
     "d2": (["algorithm=d2"], 1),
     "cga (msgd, lr 0.05)": (["algorithm=cga"], 2),
-    "cga (sgd, lr 0.05)": (["algorithm=cga", "algorithm.optimizer=sgd", "algorithm.lr=0.05"], 2),
-    "gt (sgd, lr 0.05)": (["algorithm=gt", "algorithm.optimizer=sgd", "algorithm.lr=0.05"], 2),
-    "gt (msgd, lr 0.02)": (["algorithm=gt", "algorithm.lr=0.02"], 2),
+    "cga (sgd, lr 0.05)": (["algorithm=cga", "algorithm.optimizer.name=sgd", "algorithm.optimizer.lr=0.05"], 2),
+    "gt (sgd, lr 0.05)": (["algorithm=gt", "algorithm.optimizer.name=sgd", "algorithm.optimizer.lr=0.05"], 2),
+    "gt (msgd, lr 0.02)": (["algorithm=gt", "algorithm.optimizer.lr=0.02"], 2),
     "dimat-weight": (["algorithm=dimat", "merge=weight"], 1),
     "dimat-weight + gt (sgd, lr 0.05)": (["algorithm=dimat", "merge=weight", "algorithm.correction=gt",
-                                          "algorithm.optimizer=sgd", "algorithm.lr=0.05"], 2),
+                                          "algorithm.optimizer.name=sgd", "algorithm.optimizer.lr=0.05"], 2),
     "centralized": (["algorithm=centralized"], 0),
 }
 
@@ -83,15 +84,15 @@ def grid(quick: bool, tmp: str, out: Path, topologies: tuple[str, ...] = TOPOLOG
                                                        "data.train_samples=4000", "eval.max_samples=2000"]
     rounds = 6 if quick else 3
     base = [*data, "agents=5", f"rounds={rounds}", "local_epochs=1", "pretrain_epochs=0",
-            "algorithm.optimizer=msgd", "algorithm.lr=0.05"]
+            "algorithm.optimizer.name=msgd", "algorithm.optimizer.lr=0.05"]
     rows = []
     for split, sp in SPLITS.items():
         for topo in topologies:
             for method, mo in GRID_METHODS.items():
                 extra = mo
                 if method in PER_STEP:  # same sample passes: one round per step, one exchange per step
-                    steps = prepare(to_plain(compose_cfg([*base, *sp, "algorithm=dsgd"]))).steps_per_round * rounds
-                    extra = [*mo, f"rounds={steps}", f"eval.every={steps}"]
+                    steps = setup(to_plain(compose_cfg([*base, *sp, "algorithm=dsgd"]))).steps_per_round * rounds
+                    extra = [*mo, f"rounds={steps}", f"eval.every={steps}", "local_epochs=null"]
                 r = one([*base, *sp, f"topology={topo}", *extra], tmp, f"{method}-{split}-{topo}")
                 r.update(method=method, split=split, topology=topo)
                 rows.append(r)
@@ -125,7 +126,7 @@ def single(quick: bool, tmp: str, out: Path) -> None:
                                                        "data.train_samples=10000", "eval.max_samples=2000"]
     rounds, dense = (12, 3) if quick else (10, 3)
     base = [*data, "agents=16", "topology=ring", "partition=dirichlet", "partition.alpha=0.1", f"rounds={rounds}",
-            "algorithm=dsgd", "algorithm.optimizer=msgd", "algorithm.lr=0.05", "pretrain_epochs=0",
+            "algorithm=dsgd", "algorithm.optimizer.name=msgd", "algorithm.optimizer.lr=0.05", "pretrain_epochs=0",
             f"eval.every={rounds}"]
     full_round = 16 * 2  # transfers in one gossip round on the ring
     budget = [f"budget.exchanges={dense * full_round}"]
@@ -157,10 +158,10 @@ def single(quick: bool, tmp: str, out: Path) -> None:
 def noniid(quick: bool, tmp: str, out: Path) -> None:
     if quick:
         base = ["data=digits", "model=mlp", "partition=classes", "agents=5", "topology=ring", "init=shared",
-                "pretrain_epochs=0", "batch_size=32", "algorithm.optimizer=msgd", "algorithm.lr=0.05"]
+                "pretrain_epochs=0", "batch_size=32", "algorithm.optimizer.name=msgd", "algorithm.optimizer.lr=0.05"]
         steps, period = 300, 10
     else:
-        base = ["experiment=noniid_classes", "algorithm.optimizer=msgd", "algorithm.lr=0.05"]
+        base = ["experiment=noniid_classes", "algorithm.optimizer.name=msgd", "algorithm.optimizer.lr=0.05"]
         steps, period = 620, 10
     base = [*base, "eval.every=1000"]
     lines = ["| method | exchange every (steps) | model-sized transfers per agent | mean agent acc | "

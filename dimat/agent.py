@@ -26,7 +26,7 @@ def make_optimizer(
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
-    raise ValueError(f"algorithm.optimizer={name} is unknown: use one of {', '.join(OPTIMIZERS)}")
+    raise ValueError(f"algorithm.optimizer.name={name} is unknown: use one of {', '.join(OPTIMIZERS)}")
 
 
 class Agent:
@@ -41,7 +41,7 @@ class Agent:
         indices: np.ndarray,
         *,
         batch_size: int,
-        optimizer: dict,
+        optimizer: dict,  # {name, lr, momentum, weight_decay}: `Algorithm.optimizer`
         seed: int,
         device: str = "cpu",
     ):
@@ -53,7 +53,7 @@ class Agent:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size
         self.optimizer_cfg = dict(optimizer)
-        self.opt = self._new_optimizer()
+        self._opt: torch.optim.Optimizer | None = None  # built on first use (the driver's check agent never needs it)
         self.gen = torch.Generator().manual_seed(seed)
         self._order = np.empty(0, dtype=np.int64)
         self._pos = 0
@@ -68,12 +68,20 @@ class Agent:
         # (backend.vectorize): the group then owns this agent's optimizer state
         self.group = None
 
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        if self._opt is None:
+            self._opt = self._new_optimizer()
+        return self._opt
+
+    @opt.setter
+    def opt(self, value: torch.optim.Optimizer) -> None:
+        self._opt = value
+
     # -- data ------------------------------------------------------------
     def _new_optimizer(self) -> torch.optim.Optimizer:
         c = self.optimizer_cfg
-        return make_optimizer(
-            self.model.parameters(), c["optimizer"], c["lr"], c.get("momentum", 0.9), c.get("weight_decay", 0.0)
-        )
+        return make_optimizer(self.model.parameters(), c["name"], c["lr"], c["momentum"], c["weight_decay"])
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next mini-batch of an endless sequence of shuffled epochs (always `batch_size` samples:

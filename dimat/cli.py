@@ -1,4 +1,11 @@
-"""`python -m dimat`: compose the Hydra config and call `run`; `resume=DIR` continues a run."""
+"""`python -m dimat` (or `dimat`): compose the Hydra config and call `dimat.run`; `resume=DIR` continues a run.
+
+Bad input — a key no option takes, an unknown option, a value of the wrong
+type, or anything `dimat.run` refuses — is one line on stderr, exit code 2, and
+no run folder. The overrides are composed once before Hydra starts so that
+composition errors get that one line too (multirun sweeps and Hydra's own flags
+are left to Hydra).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,14 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from dimat.config import Config, register
+from dimat.api import conf_dir
+from dimat.components import ConfigError
+from dimat.config import register
 
 register()
-# conf/ sits at the repository root, next to the package (an editable install or a checkout)
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(conf_dir())
 
 
 def _remove_empty(out: Path) -> None:
@@ -25,39 +33,57 @@ def _remove_empty(out: Path) -> None:
         d.rmdir()
 
 
-def _fail(message: str, out: Path) -> None:
+def _fail(message: str, out: Path | None = None) -> None:
     """Bad input: one line on stderr, exit code 2, and no run folder left behind."""
-    _remove_empty(out)
+    if out is not None:
+        _remove_empty(out)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def resumed_config(run_dir: str) -> DictConfig:
-    """The run's own saved config, checked against the schema, pointing at its folder."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"resume={run_dir}: no config.yaml there; pass the folder of a dimat run")
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
-    cfg.run.dir = str(Path(run_dir).resolve())
-    cfg.resume = None
-    return cfg
+def precheck(args: list[str]) -> str | None:
+    """Compose the command line's overrides as the run will; the one-line error, or None."""
+    from dimat.api import compose
+
+    overrides, config_dir, it = [], None, iter(args)
+    for a in it:
+        if a in ("-cd", "--config-dir"):
+            config_dir = next(it, None)
+        elif a.startswith("--config-dir="):
+            config_dir = a.split("=", 1)[1]
+        elif a.startswith("-"):
+            return None  # --help, --cfg, -m, ...: Hydra's own business
+        elif a.startswith("hydra.") and not a.startswith("hydra.searchpath"):
+            continue
+        else:
+            overrides.append(a)
+    try:
+        compose(overrides, config_dir=config_dir)
+    except ConfigError as e:
+        return str(e)
+    return None
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    from dimat.experiment import ConfigError, run
+def _app(cfg: DictConfig) -> float | None:
+    from dimat.api import run
 
     out = Path(HydraConfig.get().runtime.output_dir)
     resume = cfg.resume is not None
     try:
-        if resume:
-            cfg = resumed_config(cfg.resume)
-        elif cfg.run.dir is None:
+        if not resume and cfg.run.dir is None:
             with open_dict(cfg):
                 cfg.run.dir = str(out)
-        result = run(cfg, resume=resume)
-    except (ConfigError, FileNotFoundError) as e:
+        result = run(cfg)
+    except ConfigError as e:
         _fail(str(e), out)
     if resume:
         _remove_empty(out)  # Hydra made a fresh folder that the resumed run does not use
     return result.summary.get("final_acc_mean")
+
+
+def main() -> None:
+    error = precheck(sys.argv[1:])
+    if error is not None:
+        _fail(error)
+    _app()

@@ -1,100 +1,396 @@
-"""Typed schemas for every config group, registered with Hydra's ConfigStore.
+"""Typed schemas: one per option of every config group, registered with Hydra's ConfigStore.
 
-`conf/config.yaml` starts its defaults list with `dimat_schema`, so the whole
-config is a structured config: a misspelt key, or a value of the wrong type,
-fails when Hydra composes the config — not an hour into a run.
+Each component group (`data`, `partition`, `model`, `topology`, `algorithm`,
+`schedule`, `backend`) builds its object from `_target_`; every option's YAML
+in `conf/<group>/` extends its schema here (`/schema/<group>/<option>`), so an
+option the chosen component does not take fails when Hydra composes the
+config. Where dimat supplies runtime arguments (input shape and class count,
+labels and agent count, the number of agents, ...) the node says
+`_partial_: true`. Keys that dimat itself applies to any component of a group
+(a dataset's `train_samples`, a graph's mixing `weights`) are listed in
+`FRAMEWORK_KEYS`; every other key goes to the target.
+
+`conf/<group>/custom.yaml` is an untyped node for a user's own component:
+`model=custom model._target_=pkg.mod.Factory +model.depth=3`; its keys are
+checked against the target's signature before anything runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, SI
+
+SEED = SI("${seed}")  # a component's seed follows the run's unless set
+
+# keys of a group node that dimat consumes itself (not passed to the target)
+FRAMEWORK_KEYS: dict[str, tuple[str, ...]] = {
+    "data": ("train_samples", "test_samples"),
+    "topology": ("weights",),
+}
+GROUPS = ("data", "partition", "model", "topology", "algorithm", "merge", "schedule", "backend")
+COMPONENTS = ("data", "partition", "model", "topology", "algorithm", "schedule", "backend")
 
 
+# --------------------------------------------------------------------------- data
 @dataclass
 class DataConf:
-    _target_: str = "dimat.data.load_dataset"
-    name: str = "digits"
-    root: str | None = None
+    """A loader returning a `dimat.data.Dataset`; dimat then subsamples (class-stratified, seeded)."""
+
+    _target_: str = MISSING
     train_samples: int | None = None
     test_samples: int | None = None
-    # extra keyword arguments for the loader (e.g. synthetic's n_train)
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
+class DigitsConf(DataConf):
+    _target_: str = "dimat.data.digits"
+
+
+@dataclass
+class FileDataConf(DataConf):
+    root: str | None = None  # where the downloaded files are (null: the usual places)
+
+
+@dataclass
+class FashionMnistConf(FileDataConf):
+    _target_: str = "dimat.data.fashion_mnist"
+
+
+@dataclass
+class MnistConf(FileDataConf):
+    _target_: str = "dimat.data.mnist"
+
+
+@dataclass
+class Cifar10Conf(FileDataConf):
+    _target_: str = "dimat.data.cifar10"
+
+
+@dataclass
+class Cifar100Conf(FileDataConf):
+    _target_: str = "dimat.data.cifar100"
+
+
+@dataclass
+class SyntheticConf(DataConf):
+    _target_: str = "dimat.data.synthetic"
+    n_train: int = 512
+    n_test: int = 256
+    num_classes: int = 4
+    shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+    noise: float = 1.0
+    seed: int = SEED
+
+
+# --------------------------------------------------------------------------- partition
+@dataclass
 class PartitionConf:
-    _target_: str = "dimat.data.partition"
-    method: str = "dirichlet"
+    """Called as `fn(labels, n_agents, **keys)`; returns one index array per agent."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
+    seed: int = SEED
+
+
+@dataclass
+class IidConf(PartitionConf):
+    _target_: str = "dimat.data.iid"
+
+
+@dataclass
+class ClassesConf(PartitionConf):
+    _target_: str = "dimat.data.classes"
+
+
+@dataclass
+class DirichletConf(PartitionConf):
+    _target_: str = "dimat.data.dirichlet"
     alpha: float = 0.5
     min_samples: int = 10
+
+
+@dataclass
+class ShardsConf(PartitionConf):
+    _target_: str = "dimat.data.shards"
     shards_per_agent: int = 2
 
 
+# --------------------------------------------------------------------------- model
 @dataclass
 class ModelConf:
-    _target_: str = "dimat.models.build_model"
-    name: str = "mlp"
+    """Called as `factory(input_shape=..., num_classes=..., **keys)`; returns an `nn.Module`."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
+
+
+@dataclass
+class MlpConf(ModelConf):
+    _target_: str = "dimat.models.mlp"
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    width: int = 1
+
+
+@dataclass
+class ConvConf(ModelConf):
     width: int = 1
     norm: str = "bn"  # bn | gn | ln (GroupNorm, one group) | none
     groups: int | None = None  # GroupNorm groups for norm=gn (default: 8, 4 or 2 dividing the channels)
-    hidden: list[int] = field(default_factory=lambda: [128, 128])
 
 
 @dataclass
+class CnnConf(ConvConf):
+    _target_: str = "dimat.models.cnn"
+
+
+@dataclass
+class Vgg11Conf(ConvConf):
+    _target_: str = "dimat.models.vgg11"
+
+
+@dataclass
+class Vgg16Conf(ConvConf):
+    _target_: str = "dimat.models.vgg16"
+
+
+@dataclass
+class ResNet20Conf(ConvConf):
+    _target_: str = "dimat.models.resnet20"
+
+
+# --------------------------------------------------------------------------- topology
+@dataclass
 class TopologyConf:
-    _target_: str = "topologies.build"
-    name: str = "ring"
-    weights: str = "uniform"
+    """Called as `fn(n, **keys)`; returns a networkx graph, a `topologies.Topology` or a `TimeVarying`."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
+
+
+@dataclass
+class GraphConf(TopologyConf):
+    weights: str = "uniform"  # uniform | metropolis_hastings | file: the mixing matrix dimat builds on the graph
+
+
+@dataclass
+class RingConf(GraphConf):
+    _target_: str = "topologies.ring"
+
+
+@dataclass
+class FullConf(GraphConf):
+    _target_: str = "topologies.full"
+
+
+@dataclass
+class StarConf(GraphConf):
+    _target_: str = "topologies.star"
+
+
+@dataclass
+class BipartiteConf(GraphConf):
+    _target_: str = "topologies.bipartite"
+
+
+@dataclass
+class ExponentialConf(GraphConf):
+    _target_: str = "topologies.exponential"
+
+
+@dataclass
+class TorusConf(GraphConf):
+    _target_: str = "topologies.torus"
+    rows: int | None = None  # null: the most square grid
+
+
+@dataclass
+class ErdosRenyiConf(GraphConf):
+    _target_: str = "topologies.erdos_renyi"
     p: float = 0.3
+    max_tries: int = 100
+    seed: int = SEED
+
+
+@dataclass
+class SmallWorldConf(GraphConf):
+    _target_: str = "topologies.small_world"
     k: int = 4
     rewire: float = 0.1
-    path: str | None = None
-    rows: int | None = None
     max_tries: int = 100
+    seed: int = SEED
+
+
+@dataclass
+class EdgelistConf(GraphConf):
+    _target_: str = "topologies.edgelist"
+    path: str = MISSING
+
+
+@dataclass
+class OnePeerExponentialConf(TopologyConf):
+    _target_: str = "topologies.one_peer_exponential"
+
+
+# --------------------------------------------------------------------------- algorithm
+@dataclass
+class OptimizerConf:
+    """The agents' local optimizer; every algorithm that trains has one."""
+
+    name: str = "msgd"  # sgd | msgd (heavy-ball momentum) | adam
+    lr: float = 0.05
+    momentum: float | None = None  # msgd only (null: 0.9)
+    weight_decay: float = 0.0
 
 
 @dataclass
 class AlgorithmConf:
-    _target_: str = "dimat.algorithms.build_algorithm"
-    name: str = "dimat"
-    optimizer: str = "sgd"  # sgd | msgd | adam
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    # what happens to optimizer state when an agent's weights are replaced by a merge
+    """A subclass of `dimat.algorithms.Algorithm`, called with these keys (and `merge=` if it merges)."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
+    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+
+
+@dataclass
+class ExchangingConf(AlgorithmConf):
+    # what happens to optimizer state when an agent's weights are replaced by a merge (done by the framework)
     opt_state: str = "keep"  # keep | reset
-    gossip_momentum: bool = False  # dsgd: send and mix the momentum buffer too
-    correction: str = "none"  # dimat: none | gt (gradient tracking) | qgm (quasi-global momentum)
-    # cga: each cross-gradient's least share in the aggregate (0: project the own gradient only)
-    qp_margin: float = 0.5
-    qp_per_layer: bool = True  # cga: one QP per parameter tensor (false: one over the whole model)
+
+
+@dataclass
+class DimatConf(ExchangingConf):
+    _target_: str = "dimat.algorithms.Dimat"
+    correction: str = "none"  # none | gt (gradient tracking) | qgm (quasi-global momentum)
+
+
+@dataclass
+class DsgdConf(ExchangingConf):
+    _target_: str = "dimat.algorithms.Dsgd"
+    gossip_momentum: bool = False  # send and mix the momentum buffer too
+
+
+@dataclass
+class CdsgdConf(ExchangingConf):
+    _target_: str = "dimat.algorithms.Cdsgd"
+
+
+@dataclass
+class CdmsgdConf(ExchangingConf):
+    _target_: str = "dimat.algorithms.Cdmsgd"
+
+
+@dataclass
+class SgpConf(ExchangingConf):
+    _target_: str = "dimat.algorithms.Sgp"
+
+
+@dataclass
+class CgaConf(ExchangingConf):
+    _target_: str = "dimat.algorithms.Cga"
+    qp_margin: float = 0.5  # each cross-gradient's least share in the aggregate (0: project the own gradient)
+    qp_per_layer: bool = True  # one QP per parameter tensor (false: one over the whole model)
+
+
+@dataclass
+class GtConf(ExchangingConf):
+    _target_: str = "dimat.algorithms.Gt"
+
+
+@dataclass
+class D2Conf(ExchangingConf):
+    _target_: str = "dimat.algorithms.D2"
+
+
+@dataclass
+class QgmConf(ExchangingConf):
+    _target_: str = "dimat.algorithms.Qgm"
+
+
+@dataclass
+class FedavgConf(ExchangingConf):
+    _target_: str = "dimat.algorithms.Fedavg"
+
+
+@dataclass
+class LocalConf(AlgorithmConf):
+    _target_: str = "dimat.algorithms.Local"
+
+
+@dataclass
+class CentralizedConf(AlgorithmConf):
+    _target_: str = "dimat.algorithms.Centralized"
 
 
 @dataclass
 class MergeConf:
+    """How permutation-merging algorithms (dimat) align and merge neighbours; refused by the others."""
+
     method: str = "weight"  # weight | activation | average
-    data: str = "local"  # local | proxy
+    data: str = "local"  # local | proxy: samples for activation matching and BatchNorm repair
     samples: int = 512  # samples used for activation matching and BatchNorm repair
-    restarts: int = 0
-    warm_start: bool = True
+    restarts: int | None = None  # weight matching only (null: 0): extra random starts, best objective kept
+    warm_start: bool | None = None  # weight matching only (null: true): start from last round's permutation
     bn_repair: bool = True
 
 
+# --------------------------------------------------------------------------- schedule
 @dataclass
 class ScheduleConf:
-    _target_: str = "dimat.schedule.build_schedule"
-    name: str = "periodic"
-    every: int = 1  # rounds between exchanges (periodic, and the sparse phase of late/window)
-    p1: float = 0.5  # progress at which late/window switch
-    width: float = 0.2  # window width in progress units
-    shape: str = "linear"  # ramp: linear | cosine
-    direction: str = "up"  # ramp: up (sparse -> dense) | down
-    target: float = 0.0  # consensus target distance
-    threshold: float = 0.0  # event trigger: squared drift threshold
-    max_every: int = 8  # ramp: sparsest period; consensus: longest silence
-    of: str = "frequency"  # ramp: frequency | degree
+    """A `dimat.schedule.Schedule`: which exchanges each round makes."""
+
+    _target_: str = MISSING
+
+
+@dataclass
+class PeriodicConf(ScheduleConf):
+    _target_: str = "dimat.schedule.Periodic"
+    every: int = 1  # rounds between exchanges
+
+
+@dataclass
+class LateConf(ScheduleConf):
+    _target_: str = "dimat.schedule.Late"
+    every: int = 4  # rounds between exchanges before p1
+    p1: float = 0.5  # progress after which every round exchanges
+
+
+@dataclass
+class WindowConf(ScheduleConf):
+    _target_: str = "dimat.schedule.Window"
+    every: int = 4  # rounds between exchanges outside the window
+    p1: float = 0.5  # the window's start, in progress units
+    width: float = 0.2  # the window's width, in progress units
+
+
+@dataclass
+class RampConf(ScheduleConf):
+    _target_: str = "dimat.schedule.Ramp"
+    shape: str = "linear"  # linear | cosine
+    direction: str = "up"  # up (sparse -> dense) | down
+    max_every: int = 8  # sparsest period (of=frequency)
+    of: str = "frequency"  # frequency | degree
+    seed: int = SEED  # which neighbours are heard (of=degree)
+
+
+@dataclass
+class FinalOnlyConf(ScheduleConf):
+    _target_: str = "dimat.schedule.FinalOnly"
+
+
+@dataclass
+class ConsensusConf(ScheduleConf):
+    _target_: str = "dimat.schedule.Consensus"
+    target: float = 0.01  # exchange while the consensus distance is above this
+    max_every: int = 8  # longest silence
+
+
+@dataclass
+class EventConf(ScheduleConf):
+    _target_: str = "dimat.schedule.Event"
+    threshold: float = 0.01  # squared drift since the last send that triggers a send
 
 
 @dataclass
@@ -103,21 +399,36 @@ class BudgetConf:
     exchanges: int | None = None  # or: total neighbour transfers
 
 
+# --------------------------------------------------------------------------- backend
 @dataclass
 class BackendConf:
-    name: str = "ray"  # ray | inprocess
-    address: str | None = None  # null: start a local Ray on loopback; "auto", "ray://..", "host:port" join a cluster
+    """Hosts the agents: called with (spec, dataset, parts) and these keys."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
+    device: str = "auto"  # auto (a GPU when there is one) | cpu | cuda
+    vectorize: bool = False  # a host's agents take their local steps as one batched (vmap) computation
+
+
+@dataclass
+class InProcessConf(BackendConf):
+    _target_: str = "dimat.runtime.InProcessBackend"
+
+
+@dataclass
+class RayConf(BackendConf):
+    _target_: str = "dimat.runtime.RayBackend"
+    address: str | None = None  # null: a private Ray on loopback; "auto", "ray://..", "host:port" join a cluster
     agents_per_actor: int | None = None  # null: spread agents over the CPUs available
     num_cpus: int | None = None  # CPUs of a local Ray instance (null: all)
     threads_per_actor: int | None = None
     placement: str = "pack"  # pack | spread
     comm: str = "object_store"  # object_store | torch (torch.distributed point-to-point between actors)
-    device: str = "auto"  # auto (a GPU when there is one) | cpu | cuda
-    vectorize: bool = False  # a host's agents take their local steps as one batched (vmap) computation
     gpus_per_actor: float | None = None  # null: the cluster's GPUs shared evenly by the actors (fractions allowed)
     timeout_s: float = 600.0  # every ray.get waits at most this long
 
 
+# --------------------------------------------------------------------------- the rest
 @dataclass
 class EvalConf:
     every: int = 1  # evaluate every k rounds (and always at the end)
@@ -130,7 +441,7 @@ class EvalConf:
 class RunConf:
     dir: str | None = None  # null: Hydra's output folder
     checkpoint_every: int = 5  # rounds between checkpoints (and one at the end); 0: none
-    progress: bool = True
+    progress: bool = True  # live progress bar and start-up facts (the final figures print either way)
     # restart: new actor, all agents back to the last checkpoint, replay | drop: go on without its agents | stop
     on_failure: str = "restart"
 
@@ -141,26 +452,50 @@ class Config:
     rounds: int = 10
     seed: int = 0
     init: str = "auto"  # auto (the algorithm's own: dimat independent, others shared) | independent | shared
-    pretrain_epochs: float = 0.0
-    local_epochs: float = 1.0
-    local_steps: int | None = None  # overrides local_epochs when set
+    pretrain_epochs: float | None = None  # null: 5 local epochs when init is independent (DIMAT's protocol), else 0
+    local_epochs: float | None = None  # local epochs per round (null: 1, unless local_steps is set)
+    local_steps: int | None = None  # local steps per round, instead of local_epochs
     batch_size: int = 32
-    final_merge: bool = True
+    final_merge: bool | None = None  # null: a final global merge when the algorithm communicates
     resume: str | None = None  # a run folder to continue from its last checkpoint, with its own config
     logger: str = "none"  # none | tensorboard | mlflow: where per-round records also go
-    data: DataConf = field(default_factory=DataConf)
-    partition: PartitionConf = field(default_factory=PartitionConf)
-    model: ModelConf = field(default_factory=ModelConf)
-    topology: TopologyConf = field(default_factory=TopologyConf)
-    algorithm: AlgorithmConf = field(default_factory=AlgorithmConf)
+    data: Any = MISSING
+    partition: Any = MISSING
+    model: Any = MISSING
+    topology: Any = MISSING
+    algorithm: Any = MISSING
     merge: MergeConf = field(default_factory=MergeConf)
-    schedule: ScheduleConf = field(default_factory=ScheduleConf)
+    schedule: Any = MISSING
     budget: BudgetConf = field(default_factory=BudgetConf)
-    backend: BackendConf = field(default_factory=BackendConf)
+    backend: Any = MISSING
     eval: EvalConf = field(default_factory=EvalConf)
     run: RunConf = field(default_factory=RunConf)
 
 
+# option name -> schema, per group (conf/<group>/<option>.yaml extends /schema/<group>/<option>)
+SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {"digits": DigitsConf, "fashion_mnist": FashionMnistConf, "mnist": MnistConf, "cifar10": Cifar10Conf,
+             "cifar100": Cifar100Conf, "synthetic": SyntheticConf},
+    "partition": {"iid": IidConf, "classes": ClassesConf, "dirichlet": DirichletConf, "shards": ShardsConf},
+    "model": {"mlp": MlpConf, "cnn": CnnConf, "vgg11": Vgg11Conf, "vgg16": Vgg16Conf, "resnet20": ResNet20Conf},
+    "topology": {"ring": RingConf, "full": FullConf, "star": StarConf, "bipartite": BipartiteConf,
+                 "exponential": ExponentialConf, "torus": TorusConf, "erdos_renyi": ErdosRenyiConf,
+                 "small_world": SmallWorldConf, "edgelist": EdgelistConf,
+                 "one_peer_exponential": OnePeerExponentialConf},
+    "algorithm": {"dimat": DimatConf, "dsgd": DsgdConf, "cdsgd": CdsgdConf, "cdmsgd": CdmsgdConf, "sgp": SgpConf,
+                  "cga": CgaConf, "gt": GtConf, "d2": D2Conf, "qgm": QgmConf, "fedavg": FedavgConf,
+                  "local": LocalConf, "centralized": CentralizedConf, "base": ExchangingConf},
+    "schedule": {"periodic": PeriodicConf, "late": LateConf, "window": WindowConf, "ramp": RampConf,
+                 "final_only": FinalOnlyConf, "consensus": ConsensusConf, "event": EventConf},
+    "backend": {"inprocess": InProcessConf, "ray": RayConf},
+    "optimizer": {"default": OptimizerConf},
+}
+
+
 def register() -> None:
-    """Register the top-level schema; every group node below it is typed."""
-    ConfigStore.instance().store(name="dimat_schema", node=Config)
+    """Register the top-level schema and every option's schema (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="dimat_schema", node=Config)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+SERVER = -1  # the server of a server phase (the driver), as a transfer's source or destination
+
 
 def accuracy(correct: np.ndarray, test_counts: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Accuracy from correct counts per class; restricted to the classes in `mask` if given."""
@@ -35,22 +37,18 @@ class ByteLedger:
         self.sent = np.zeros(self.n, dtype=np.int64)
         self.recv = np.zeros(self.n, dtype=np.int64)
 
-    server: int = 0  # bytes a server sent (fedavg downloads); agents' uploads are in `sent`
-
-    def add_server_round(self, agents: list[int], nbytes: int) -> int:
-        """Every agent in `agents` uploads one state to the server and downloads one back."""
-        for i in agents:
-            self.sent[i] += nbytes
-            self.recv[i] += nbytes
-        self.server += len(agents) * nbytes
-        return 2 * len(agents) * nbytes
+    server: int = 0  # bytes a server (the driver, in a server phase) sent; agents' uploads are in `sent`
 
     def add(self, transfers: list[tuple[int, int, int]]) -> int:
-        """Record (source, destination, bytes) transfers; returns their total."""
+        """Record (source, destination, bytes) transfers (SERVER = -1 for a server); returns their total."""
         total = 0
         for src, dst, nbytes in transfers:
-            self.sent[src] += nbytes
-            self.recv[dst] += nbytes
+            if src == SERVER:
+                self.server += nbytes
+            else:
+                self.sent[src] += nbytes
+            if dst != SERVER:
+                self.recv[dst] += nbytes
             total += nbytes
         return total
 

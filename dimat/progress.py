@@ -13,16 +13,19 @@ def _pct(x) -> str:
 
 
 def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    """Binary units, named as such (1 MiB = 1024² bytes)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
 
 
 class Display:
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+    """`progress=False` keeps the console quiet during the run; the final figures print either way."""
+
+    def __init__(self, progress: bool = True):
+        self.enabled = progress
         self.console = Console(highlight=False)
         self.bar: Progress | None = None
 
@@ -31,13 +34,12 @@ class Display:
             self.console.print(*args, soft_wrap=True)
 
     def start_info(self, s) -> None:
-        c = s.cfg
+        c, lab = s.cfg, s.labels
         self.print(
-            f"[bold]dimat[/] {c['algorithm']['name']} · {c['agents']} agents · {c['data']['name']} · "
-            f"{c['model']['name']} · {c['partition']['method']} split · {c['topology']['name']} · "
-            f"backend={c['backend']['name']} · {s.steps_per_round} steps/round"
+            f"[bold]dimat[/] {lab['algorithm']} · {c['agents']} agents · {lab['data']} · {lab['model']} · "
+            f"{lab['partition']} split · {lab['topology']} · backend={lab['backend']} · {s.steps_per_round} steps/round"
         )
-        if c["algorithm"]["name"] == "dimat":
+        if c["merge"] is not None:
             where = (
                 f"a shared public proxy set of {c['merge']['samples']} training samples (data no agent owns)"
                 if c["merge"]["data"] == "proxy" else f"each agent's own data (up to {c['merge']['samples']} samples)"
@@ -80,9 +82,13 @@ class Display:
             self.bar.stop()
             self.bar = None
 
-    def final(self, summary: dict, records: list[dict]) -> None:
+    def final(self, summary: dict, records: list[dict], run_dir=None) -> None:
         self.stop()
-        if not self.enabled:
+        if not self.enabled:  # quiet: the final figures only, one line
+            parts = [f"{k}={_pct(summary[k])}" for k in ("final_acc_mean", "final_acc_global_merge") if k in summary]
+            parts.append(f"bytes_total={_bytes(summary['bytes_total'])}")
+            where = f" · {run_dir}" if run_dir is not None else ""
+            self.console.print(f"{summary.get('algorithm', 'run')} done: " + " · ".join(parts) + where, soft_wrap=True)
             return
         t = Table(title="dimat: per-round results")
         for col in ("round", "acc mean", "min", "max", "avg model", "consensus", "bytes"):

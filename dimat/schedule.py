@@ -13,7 +13,6 @@ is spent in plan order and never exceeded.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 
@@ -62,10 +61,16 @@ def mixing_rows(W: np.ndarray, plan: Plan) -> dict[int, tuple[float, list[tuple[
 
 
 class Schedule:
-    """Base: `plan` returns this round's exchanges; an empty plan means no exchange."""
+    """Base: `plan` returns this round's exchanges; an empty plan means no exchange.
+
+    Subclass it for a schedule of your own (`schedule._target_=pkg.mod.Class`): implement `plan`,
+    and `state`/`load` if it remembers anything between rounds (checkpoints). `needs` names what
+    the driver must measure before each plan and pass in `measured`: "consensus" (the mean squared
+    distance to the average model) and/or "drift" ({agent: squared distance to the state it last sent}).
+    """
 
     name = "base"
-    needs_drift = False  # whether `measured` must carry each agent's drift since its last send
+    needs: frozenset[str] = frozenset()
 
     def plan(self, progress: Progress, W: np.ndarray, measured: dict) -> Plan:
         raise NotImplementedError
@@ -189,6 +194,7 @@ class Consensus(Schedule):
     """
 
     name = "consensus"
+    needs = frozenset({"consensus"})
 
     def __init__(self, target: float = 0.0, max_every: int = 8):
         _check(target >= 0, f"schedule.target={target} must be >= 0")
@@ -217,7 +223,7 @@ class Event(Schedule):
     """
 
     name = "event"
-    needs_drift = True
+    needs = frozenset({"drift"})
 
     def __init__(self, threshold: float = 0.0):
         _check(threshold >= 0, f"schedule.threshold={threshold} must be >= 0")
@@ -244,7 +250,7 @@ class Ledger(Schedule):
 
     def __init__(self, inner: Schedule, state_bytes: int, bytes: float | None = None, exchanges: int | None = None):
         self.inner, self.state_bytes = inner, int(state_bytes)
-        self.name, self.needs_drift = inner.name, inner.needs_drift
+        self.name, self.needs = inner.name, frozenset(inner.needs)
         self.bytes_limit = None if bytes is None else float(bytes)
         self.exchange_limit = exchanges
         if self.bytes_limit is not None and self.bytes_limit < self.state_bytes:
@@ -289,9 +295,7 @@ class Ledger(Schedule):
 
 
 def build_schedule(name: str, **options) -> Schedule:
-    """The schedule called `name`; options it does not take are ignored (one schema serves all)."""
+    """The built-in schedule called `name` with its own options (a TypeError names one it does not take)."""
     if name not in SCHEDULES:
         raise ValueError(f"schedule={name} is unknown: use one of {', '.join(SCHEDULES)}")
-    cls = SCHEDULES[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    return cls(**{k: v for k, v in options.items() if k in accepted})
+    return SCHEDULES[name](**options)

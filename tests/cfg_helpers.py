@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import os
 
-from hydra import compose, initialize_config_dir
-
-from dimat.config import register
+import dimat
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
-register()
 
 # tiny, fast settings any end-to-end test can start from
-TINY = [
-    "data=synthetic", "model=mlp", "model.hidden=[32]", "rounds=2", "agents=4", "batch_size=16",
-    "run.progress=false", "backend.timeout_s=120",
-]
+TINY = ["data=synthetic", "model=mlp", "model.hidden=[32]", "rounds=2", "agents=4", "batch_size=16", "run.progress=false"]
 
 
-def compose_cfg(overrides: list[str] = (), config_name: str = "config"):
-    with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+def tiny_overrides(overrides: list[str]) -> list[str]:
+    """TINY under `overrides`: a test that picks another model drops the mlp's keys; Ray runs get a short timeout."""
+    base = [o for o in TINY if not (o.startswith("model") and any(x.startswith("model=") for x in overrides))]
+    if not any(x == "backend=inprocess" for x in overrides):
+        base.append("backend.timeout_s=120")
+    return [*base, *overrides]
+
+
+def compose_cfg(overrides: list[str] = ()):
+    return dimat.compose(list(overrides))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cfg_helpers import TINY, compose_cfg
+from cfg_helpers import compose_cfg, tiny_overrides
 
 
 @pytest.fixture
@@ -12,6 +12,6 @@ def tiny(tmp_path):
     """Compose a tiny config writing into a temporary run folder."""
 
     def make(*overrides: str):
-        return compose_cfg([*TINY, f"run.dir={tmp_path}/run", *overrides])
+        return compose_cfg(tiny_overrides([f"run.dir={tmp_path}/run", *overrides]))
 
     return make

@@ -11,7 +11,7 @@ from torch import nn
 from dimat.agent import Agent
 from dimat.algorithms import Received, build_algorithm
 from dimat.algorithms.cross import aggregate, cone_dual
-from dimat.experiment import ConfigError, run
+from dimat import ConfigError, run
 
 
 def _primal_projection(g: np.ndarray, M: np.ndarray) -> np.ndarray:
@@ -107,14 +107,15 @@ def test_one_step_by_hand():
     x, y = rng.standard_normal((24, 6)).astype(np.float32), rng.integers(0, 3, 24)
     shards = np.array_split(np.arange(24), 3)  # 8 each = one batch: the batch is the whole shard
     lr, margin = 0.1, 0.0
-    algo = build_algorithm("cga", optimizer="sgd", lr=lr, qp_margin=margin, qp_per_layer=False)
+    algo = build_algorithm("cga", optimizer={"name": "sgd", "lr": lr}, qp_margin=margin, qp_per_layer=False)
     agents = _agents(3, algo, x, y, shards)
     W = {0: [(1, 0.5)], 1: [(0, 1 / 3), (2, 1 / 3)], 2: [(1, 0.5)]}
     self_w = {0: 0.5, 1: 1 / 3, 2: 0.5}
     states = [a.state().copy() for a in agents]
     out = {}
-    for a in agents:
-        out[a.index] = algo.begin(a, self_w[a.index], [Received(j, states[j], w) for j, w in W[a.index]])[1]
+    for a in agents:  # the own gradient (`train`), then phase one: gradients of the received models
+        algo.train(a, 1)
+        out[a.index] = algo.cross_gradients(a, self_w[a.index], [Received(j, states[j], w) for j, w in W[a.index]])
     # the reference: gradients of agent 1's model on each agent's batch (train-mode BatchNorm)
     n = agents[1].layout.n_params
 
@@ -126,7 +127,7 @@ def test_one_step_by_hand():
 
     np.testing.assert_allclose(out[0][1], grad_on(0), atol=1e-5)  # agent 0's gradient of agent 1's model
     np.testing.assert_allclose(out[2][1], grad_on(2), atol=1e-5)
-    algo.finish(agents[1], [Received(k, out[k][1], W[k][0][1]) for k in (0, 2)])
+    algo.step(agents[1], self_w[1], [Received(k, out[k][1], W[k][0][1]) for k in (0, 2)])  # phase two
     M = np.stack([0.5 * grad_on(0), 0.5 * grad_on(2)])
     step = _primal_projection(grad_on(1) / 3, M)
     mixed = (states[0] + states[1] + states[2]).astype(np.float64) / 3
@@ -151,7 +152,7 @@ def test_cga_counts_a_model_out_and_a_gradient_back_per_edge(tiny):
 
 def test_cga_learns_and_budgets_price_the_round_trip(tiny):
     res = run(tiny("algorithm=cga", "backend=inprocess", "rounds=30", "data=digits", "topology=ring",
-                   "algorithm.lr=0.1", "eval.every=30"))
+                   "algorithm.optimizer.lr=0.1", "eval.every=30"))
     assert res.summary["final_acc_mean"] > 0.5  # 30 steps of 16 images: well above chance (10%)
     layout_floats = (64 * 32 + 32) + (32 * 10 + 10)
     budgeted = run(tiny("algorithm=cga", "backend=inprocess", "rounds=6", "topology=ring",
@@ -168,6 +169,12 @@ def test_cga_refuses_vectorized_hosts(tiny):
 def test_negative_margin_is_refused():
     with pytest.raises(ValueError, match="qp_margin"):
         build_algorithm("cga", qp_margin=-1.0)
+
+
+def test_cga_declares_its_two_phase_pattern():
+    from dimat.algorithms import Cga
+
+    assert [p.kind for p in Cga.phases] == ["gossip", "reply"] and all(p.every_agent for p in Cga.phases)
 
 
 def test_rounds_the_schedule_skips_are_plain_local_steps(tiny):

@@ -8,7 +8,7 @@ from torch import nn
 
 from dimat.agent import Agent
 from dimat.algorithms import Received, build_algorithm
-from dimat.experiment import run
+from dimat import run
 
 
 def test_cdsgd_average_follows_pooled_minibatch_sgd():
@@ -16,7 +16,7 @@ def test_cdsgd_average_follows_pooled_minibatch_sgd():
     x = rng.standard_normal((64, 6)).astype(np.float32)
     y = rng.integers(0, 3, 64)
     n, lr = 4, 0.1
-    algo = build_algorithm("cdsgd", optimizer="sgd", lr=lr)
+    algo = build_algorithm("cdsgd", optimizer={"name": "sgd", "lr": lr})
 
     def model():
         torch.manual_seed(0)

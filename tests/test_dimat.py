@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dimat.experiment import run
+from dimat import run
 
 
 def first_merge_accuracy(tiny, method: str) -> float:
@@ -12,7 +12,7 @@ def first_merge_accuracy(tiny, method: str) -> float:
     res = run(tiny(
         "data=digits", "model.hidden=[128,128]", "agents=5", "rounds=1", "local_steps=1", "partition=iid",
         "topology=ring", "algorithm=dimat", f"merge={method}", "init=independent", "pretrain_epochs=30",
-        "algorithm.optimizer=adam", "algorithm.lr=0.001", "final_merge=false", "batch_size=32", "backend=inprocess",
+        "algorithm.optimizer.name=adam", "algorithm.optimizer.lr=0.001", "final_merge=false", "batch_size=32", "backend=inprocess",
     ))
     return res.records[0]["acc_after_merge"]
 
@@ -35,8 +35,8 @@ def test_dimat_records_before_and_after_merge_and_the_global_merge(tiny):
 
 @pytest.mark.parametrize("opt_state", ["keep", "reset"])
 def test_optimizer_state_setting(tiny, opt_state):
-    res = run(tiny("algorithm=dimat", "backend=inprocess", f"algorithm.opt_state={opt_state}", "algorithm.optimizer=adam",
-                   "algorithm.lr=0.01"))
+    res = run(tiny("algorithm=dimat", "backend=inprocess", f"algorithm.opt_state={opt_state}", "algorithm.optimizer.name=adam",
+                   "algorithm.optimizer.lr=0.01"))
     assert res.summary["final_acc_mean"] > 0.3
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from dimat.experiment import ConfigError, run
+from dimat import ConfigError, run
 from dimat.metrics import read_metrics
 
 KEYS = {"round", "step", "acc_mean", "acc_min", "acc_max", "acc_avg_model", "consensus", "bytes_total", "wall_s"}
@@ -61,9 +61,9 @@ def test_inprocess_is_bit_for_bit_repeatable(tiny, tmp_path):
 
 
 def test_ray_matches_inprocess(tiny, tmp_path):
-    common = ("algorithm=dsgd", "agents=4", "rounds=3", "backend.num_cpus=2")
+    common = ("algorithm=dsgd", "agents=4", "rounds=3")
     a = run(tiny(*common, "backend=inprocess", f"run.dir={tmp_path}/a"))
-    b = run(tiny(*common, "backend=ray", f"run.dir={tmp_path}/b"))
+    b = run(tiny(*common, "backend=ray", "backend.num_cpus=2", f"run.dir={tmp_path}/b"))
     for ra, rb in zip(a.records, b.records):
         np.testing.assert_allclose(ra["acc"], rb["acc"], atol=1e-6)
         assert ra["consensus"] == pytest.approx(rb["consensus"], rel=1e-4, abs=1e-8)
@@ -87,12 +87,12 @@ def test_gossiping_momentum_doubles_the_payload_and_mixes_the_buffers(tiny):
 
 def test_gossip_momentum_needs_a_momentum_optimizer(tiny):
     with pytest.raises(ConfigError, match="gossip_momentum"):
-        run(tiny("algorithm=dsgd", "algorithm.optimizer=adam", "algorithm.gossip_momentum=true"))
+        run(tiny("algorithm=dsgd", "algorithm.optimizer.name=adam", "algorithm.gossip_momentum=true"))
 
 
 def test_a_diverging_agent_is_rolled_back_instead_of_poisoning_its_neighbours(tiny):
     # lr=1e6 makes every agent blow up within a round: all are rolled back, the run stays finite
-    res = run(tiny("algorithm=dsgd", "backend=inprocess", "algorithm.lr=1e6", "algorithm.optimizer=sgd"))
+    res = run(tiny("algorithm=dsgd", "backend=inprocess", "algorithm.optimizer.lr=1e6", "algorithm.optimizer.name=sgd"))
     assert res.records[0]["rolled_back"] == [0, 1, 2, 3]
     assert np.isfinite(res.records[-1]["consensus"])
     assert all(np.isfinite(a) for a in res.records[-1]["acc"])

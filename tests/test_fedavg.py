@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
-from dimat.experiment import ConfigError, _server_average, run
+from dimat import ConfigError, run
 from dimat.metrics import ByteLedger
 
 
-class StubBackend:
-    def __init__(self, states):
-        self.states, self.assigned = states, None
-
-    def call(self, method, *args):
-        if method == "states":
-            return [self.states]
-        self.assigned = args[0]
-        return [None]
-
-
 def test_server_average_weights_by_shard_size_and_counts_both_directions():
-    states = {0: np.full(3, 1.0, np.float32), 1: np.full(3, 4.0, np.float32)}
-    setup = SimpleNamespace(parts=[np.arange(10), np.arange(30)], state_bytes=12)
-    ledger = ByteLedger(2)
-    backend = StubBackend(states)
-    assert _server_average(backend, [0, 1], setup, ledger) == 2 * 2 * 12
-    assert np.allclose(backend.assigned, 0.25 * 1.0 + 0.75 * 4.0)
+    from dimat.algorithms import SERVER, Fedavg
+
+    payloads = {0: np.full(3, 1.0, np.float32), 1: np.full(3, 4.0, np.float32)}
+    mean = Fedavg().aggregate(payloads, {0: 10, 1: 30})
+    assert mean.dtype == np.float32 and np.allclose(mean, 0.25 * 1.0 + 0.75 * 4.0)
+    ledger = ByteLedger(2)  # uploads to the server, downloads from it: as a server phase reports them
+    assert ledger.add([(0, SERVER, 12), (1, SERVER, 12), (SERVER, 0, 12), (SERVER, 1, 12)]) == 48
     assert ledger.total == 48 and list(ledger.sent) == [12, 12] and list(ledger.recv) == [12, 12]
 
 

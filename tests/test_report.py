@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dimat.experiment import run
+from dimat import run
 from dimat.report import main as report_main
 
 

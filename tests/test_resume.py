@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dimat import experiment
-from dimat.experiment import run
+import dimat
+from dimat import ConfigError, experiment, run
 from dimat.metrics import read_metrics
 
 TIME_KEYS = {"wall_s", "merge_s", "exchange_s"}
@@ -19,7 +19,7 @@ def _strip(recs):
 
 @pytest.mark.parametrize("algorithm", [
     "dsgd", "dimat", "gt", "d2", "qgm", "cga",  # their per-agent state (trackers, momentum, ...) is checkpointed
-    "dsgd,backend.vectorize=true,algorithm.optimizer=msgd",  # momentum rows of a vectorized group
+    "dsgd,backend.vectorize=true,algorithm.optimizer.name=msgd",  # momentum rows of a vectorized group
 ])
 def test_a_crashed_run_resumes_to_the_same_metrics(tiny, tmp_path, monkeypatch, algorithm):
     algorithm, *extra = algorithm.split(",")
@@ -38,7 +38,7 @@ def test_a_crashed_run_resumes_to_the_same_metrics(tiny, tmp_path, monkeypatch, 
     assert [r["round"] for r in read_metrics(tmp_path / "crash")] == [1, 2, 3]  # round 3 is after the checkpoint
     monkeypatch.setattr(experiment.Driver, "round", real_round)
 
-    resumed = run(tiny(*COMMON, f"algorithm={algorithm}", *extra, f"run.dir={tmp_path}/crash"), resume=True)
+    resumed = dimat.resume(tmp_path / "crash")
     assert _strip(read_metrics(tmp_path / "crash")) == _strip(read_metrics(full.run_dir))
     assert resumed.summary["bytes_total"] == full.summary["bytes_total"]
     assert resumed.summary["final_acc_mean"] == full.summary["final_acc_mean"]
@@ -58,5 +58,28 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tiny, tmp_path):
     full = run(tiny(*common, f"run.dir={tmp_path}/full"))
     damaged = full.run_dir / "checkpoint" / "agent_1.pt"
     damaged.write_bytes(damaged.read_bytes()[:100])  # a crash mid-write (on a filesystem without atomic rename)
-    resumed = run(tiny(*common, f"run.dir={tmp_path}/full"), resume=True)  # replays round 3 from round 2's
+    resumed = dimat.resume(full.run_dir)  # replays round 3 from round 2's
     assert _strip(resumed.records) == _strip(full.records)
+
+
+def test_resume_with_more_rounds_continues_the_run(tiny, tmp_path):
+    common = ("algorithm=dsgd", "backend=inprocess", "run.checkpoint_every=1", "model.hidden=[16]")
+    six = run(tiny(*common, "rounds=6", f"run.dir={tmp_path}/six"))
+    four = run(tiny(*common, "rounds=4", f"run.dir={tmp_path}/four"))
+    more = dimat.resume(four.run_dir, ["rounds=6"])  # what `python -m dimat resume=DIR rounds=6` does
+    assert [r["round"] for r in more.records] == [1, 2, 3, 4, 5, 6]
+    assert _strip(more.records)[4:] == _strip(six.records)[4:]  # rounds 5, 6: the same as never stopping
+    assert more.summary["rounds"] == 6
+
+
+def test_resume_refuses_what_cannot_change(tiny, tmp_path):
+    res = run(tiny("algorithm=dsgd", "backend=inprocess", "rounds=3", "run.checkpoint_every=1"))
+    with pytest.raises(ConfigError, match="algorithm.optimizer.lr cannot change when a run resumes"):
+        dimat.resume(res.run_dir, ["algorithm.optimizer.lr=0.1"])
+    with pytest.raises(ConfigError, match="rounds=2 but the checkpoint is at round 3"):
+        dimat.resume(res.run_dir, ["rounds=2"])
+    # through the config, as the CLI passes it: the overrides the user gave are what is compared
+    with pytest.raises(ConfigError, match="agents cannot change"):
+        run(tiny(f"resume={res.run_dir}", "backend=inprocess", "agents=6"))
+    again = run(tiny(f"resume={res.run_dir}", "backend=inprocess", "rounds=4"))
+    assert again.records[-1]["round"] == 4

@@ -79,7 +79,8 @@ def test_mixing_rows_keep_unheard_weight_with_self():
 @pytest.mark.parametrize("name", ["periodic", "late", "window", "ramp", "consensus"])
 @pytest.mark.parametrize("budget", [1000, 4000, 12345])
 def test_ledger_never_exceeds_its_budget(name, budget):
-    ledger = Ledger(build_schedule(name, every=2), state_bytes=100, bytes=budget)
+    options = {"ramp": {"max_every": 2}, "consensus": {"max_every": 2}}.get(name, {"every": 2})  # each its own
+    ledger = Ledger(build_schedule(name, **options), state_bytes=100, bytes=budget)
     spent = 0
     for r in range(1, 31):
         spent += plan_size(ledger.plan(prog(r, 30), W, {"consensus": 1.0})) * 100
@@ -109,3 +110,8 @@ def test_out_of_range_parameters_are_refused(name, kw, match):
 
 def test_full_plan_lists_in_neighbours():
     assert full_plan(W)[0] == [1, 5]
+
+
+def test_a_schedule_takes_only_its_own_options():
+    with pytest.raises(TypeError, match="p1"):
+        build_schedule("periodic", p1=0.99)  # refused, not ignored

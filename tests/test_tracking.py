@@ -12,7 +12,7 @@ from torch import nn
 import topologies
 from dimat.agent import Agent
 from dimat.algorithms import Received, build_algorithm
-from dimat.experiment import run
+from dimat import run
 from dimat.schedule import full_plan, mixing_rows
 
 N, D, M = 4, 5, 12  # agents, dimensions, samples per agent
@@ -31,7 +31,7 @@ def least_squares():
 def run_rounds(name: str, rounds: int, steps: int, lr: float = 0.05, **options) -> float:
     """Max over agents of ‖x_i − x*‖ after `rounds` rounds of `steps` full-batch local steps on a ring."""
     x, y, star = least_squares()
-    algo = build_algorithm(name, optimizer="sgd", lr=lr, **options)
+    algo = build_algorithm(name, optimizer={"name": "sgd", "lr": lr}, **options)
     agents = []
     for i in range(N):
         torch.manual_seed(i)
@@ -69,7 +69,7 @@ def test_dsgd_stays_biased_at_a_constant_step(steps, rounds):
 
 def test_qgm_rebuilds_momentum_from_the_net_displacement():
     x, y, _ = least_squares()
-    algo = build_algorithm("qgm", optimizer="msgd", lr=0.1, momentum=0.5)
+    algo = build_algorithm("qgm", optimizer={"name": "msgd", "lr": 0.1, "momentum": 0.5})
     a = Agent(0, nn.Linear(D, 1, bias=False), x, y, np.arange(M), batch_size=M, optimizer=algo.optimizer, seed=0)
     a.loss_fn = lambda out, target: 0.5 * F.mse_loss(out.squeeze(-1), target)
     algo.prepare(a, torch.from_numpy(x[:2]))
@@ -86,7 +86,7 @@ def test_qgm_rebuilds_momentum_from_the_net_displacement():
 
 def test_qgm_needs_momentum():
     with pytest.raises(ValueError, match="msgd"):
-        build_algorithm("qgm", optimizer="sgd")
+        build_algorithm("qgm", optimizer={"name": "sgd"})
 
 
 @pytest.mark.parametrize("name", ["gt", "d2", "qgm"])
@@ -102,7 +102,7 @@ def test_dimat_permutes_a_neighbours_tracker_with_its_weights():
     from dimat.merge import apply_permutation, random_permutation
 
     x, y, _ = least_squares()
-    algo = build_algorithm("dimat", merge={"method": "weight", "bn_repair": False}, optimizer="sgd", correction="gt")
+    algo = build_algorithm("dimat", merge={"method": "weight", "bn_repair": False}, optimizer={"name": "sgd"}, correction="gt")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, 3))
     a = Agent(0, model, x, (np.arange(N * M) % 3), np.arange(M), batch_size=M, optimizer=algo.optimizer, seed=0)
@@ -123,7 +123,7 @@ def perm_inverse(perm: dict) -> dict:
 
 @pytest.mark.parametrize("correction", ["gt", "qgm"])
 def test_dimat_with_correction_end_to_end(tiny, correction):
-    res = run(tiny("algorithm=dimat", "algorithm.optimizer=msgd", f"algorithm.correction={correction}",
+    res = run(tiny("algorithm=dimat", "algorithm.optimizer.name=msgd", f"algorithm.correction={correction}",
                    "backend=inprocess", "topology=ring", "rounds=2", "pretrain_epochs=0"))
     n_params = (64 * 32 + 32) + (32 * 4 + 4)
     payload = n_params * (2 if correction == "gt" else 1)
@@ -131,6 +131,10 @@ def test_dimat_with_correction_end_to_end(tiny, correction):
     assert res.summary["final_acc_mean"] > 0.4
 
 
-def test_correction_is_a_dimat_option():
-    with pytest.raises(ValueError, match="dimat option"):
+def test_correction_is_a_dimat_option(tiny):
+    with pytest.raises(TypeError, match="correction"):
         build_algorithm("dsgd", correction="gt")
+    from dimat import ConfigError
+
+    with pytest.raises(ConfigError, match="algorithm.correction is not an option"):
+        tiny("algorithm=dsgd", "algorithm.correction=gt")

@@ -1,10 +1,17 @@
-"""Named topology builders; :func:`build` is the single entry point and always validates."""
+"""Topology builders: functions of the agent count returning a networkx graph (or a time-varying sequence).
+
+These are what `topology._target_` names (`topologies.ring`, ...); a user's own
+builder has the same shape, ``fn(n, **options)``, and may also return a
+:class:`Topology` with its own ``W``. :func:`from_graph` turns a graph into a
+validated :class:`Topology` (mixing weights chosen by ``weights``);
+:func:`build` does both for a built-in name.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
@@ -14,31 +21,23 @@ from .core import TimeVarying, Topology, TopologyError, validate
 from .mixing import WEIGHTS, mixing_matrix
 
 
-@dataclass(frozen=True)
-class _Options:
-    seed: int
-    p: float
-    k: int
-    rewire: float
-    path: str | None
-    max_tries: int
-    rows: int | None
-
-
-def _ring(n: int, o: _Options) -> nx.Graph:
+def ring(n: int) -> nx.Graph:
+    """A cycle: each agent hears its two neighbours."""
     return nx.Graph([(0, 1)]) if n == 2 else nx.cycle_graph(n)
 
 
-def _full(n: int, o: _Options) -> nx.Graph:
+def full(n: int) -> nx.Graph:
+    """Everyone hears everyone."""
     return nx.complete_graph(n)
 
 
-def _star(n: int, o: _Options) -> nx.Graph:
-    return nx.star_graph(n - 1)  # node 0 is the hub
+def star(n: int) -> nx.Graph:
+    """Agent 0 is the hub."""
+    return nx.star_graph(n - 1)
 
 
-def _torus(n: int, o: _Options) -> nx.Graph:
-    rows = o.rows
+def torus(n: int, rows: int | None = None) -> nx.Graph:
+    """A 2-d wrap-around grid of ``rows`` rows (None: the most square one)."""
     if rows is None:
         rows = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
         if rows == 1:
@@ -55,21 +54,23 @@ def _torus(n: int, o: _Options) -> nx.Graph:
     return g
 
 
-def _erdos_renyi(n: int, o: _Options) -> nx.Graph:
-    if not 0 <= o.p <= 1:
-        raise TopologyError(f"erdos_renyi p={o.p} is not a probability: use 0 <= p <= 1")
+def erdos_renyi(n: int, p: float = 0.3, max_tries: int = 100, seed: int = 0) -> nx.Graph:
+    """G(n, p), redrawn with the next seed until connected (at most ``max_tries`` draws)."""
+    if not 0 <= p <= 1:
+        raise TopologyError(f"erdos_renyi p={p} is not a probability: use 0 <= p <= 1")
     larger = f"use a larger p (about log(n)/n = {math.log(n) / n:.2f} or more)"
-    if o.p == 0:  # no edges ever, so resampling cannot help: fail at once
+    if p == 0:  # no edges ever, so resampling cannot help: fail at once
         raise TopologyError(f"erdos_renyi(n={n}, p=0) has no edges: {larger}")
-    tries = max(o.max_tries, 1)
-    for seed in range(o.seed, o.seed + tries):
-        g = nx.gnp_random_graph(n, o.p, seed=seed)
+    tries = max(max_tries, 1)
+    for s in range(seed, seed + tries):
+        g = nx.gnp_random_graph(n, p, seed=s)
         if nx.is_connected(g):
             return g
-    raise TopologyError(f"erdos_renyi(n={n}, p={o.p}) was disconnected for {tries} seeds from {o.seed}: {larger}")
+    raise TopologyError(f"erdos_renyi(n={n}, p={p}) was disconnected for {tries} seeds from {seed}: {larger}")
 
 
-def _exponential(n: int, o: _Options) -> nx.Graph:
+def exponential(n: int) -> nx.Graph:
+    """Agent i hears i ± 2^k for every power of two below n."""
     g = nx.Graph()
     g.add_nodes_from(range(n))
     hops = [2**e for e in range(n.bit_length()) if 2**e < n]
@@ -77,24 +78,27 @@ def _exponential(n: int, o: _Options) -> nx.Graph:
     return g
 
 
-def _small_world(n: int, o: _Options) -> nx.Graph:
+def small_world(n: int, k: int = 4, rewire: float = 0.1, max_tries: int = 100, seed: int = 0) -> nx.Graph:
+    """Connected Watts-Strogatz: a ring lattice of ``k`` neighbours, each edge rewired with prob. ``rewire``."""
     # Clamp k so the default k=4 works for small n; n=2 keeps k=2 (= n), which networkx
     # turns into the single edge, since its lattice needs k >= 2 to have any edges.
-    k = min(o.k, max(n - 1, 2))
+    kk = min(k, max(n - 1, 2))
     try:
-        return nx.connected_watts_strogatz_graph(n, k, o.rewire, tries=max(o.max_tries, 1), seed=o.seed)
+        return nx.connected_watts_strogatz_graph(n, kk, rewire, tries=max(max_tries, 1), seed=seed)
     except nx.NetworkXError as e:
-        raise TopologyError(f"small_world(n={n}, k={o.k}, rewire={o.rewire}) failed ({e}): use k >= 2") from e
+        raise TopologyError(f"small_world(n={n}, k={k}, rewire={rewire}) failed ({e}): use k >= 2") from e
 
 
-def _bipartite(n: int, o: _Options) -> nx.Graph:
+def bipartite(n: int) -> nx.Graph:
+    """Complete bipartite graph between the first ceil(n/2) agents and the rest."""
     return nx.complete_bipartite_graph(math.ceil(n / 2), n - math.ceil(n / 2))
 
 
-def _edgelist(n: int, o: _Options) -> nx.Graph:
-    if o.path is None:
+def edgelist(n: int, path: str | None = None) -> nx.Graph:
+    """A graph from a file of 'i j' or 'i j w' lines (0-based agent ids; w: an edge weight for weights=file)."""
+    if path is None:
         raise TopologyError("builder 'edgelist' needs path=<file with 'i j' or 'i j w' lines>")
-    path = Path(o.path)
+    path = Path(path)
     if not path.is_file():
         raise TopologyError(f"edge list {path} not found: pass an existing file as path")
     g = nx.Graph()
@@ -121,22 +125,7 @@ def _edgelist(n: int, o: _Options) -> nx.Graph:
     return g
 
 
-_STATIC: dict[str, Callable[[int, _Options], nx.Graph]] = {
-    "ring": _ring,
-    "full": _full,
-    "star": _star,
-    "torus": _torus,
-    "erdos_renyi": _erdos_renyi,
-    "exponential": _exponential,
-    "small_world": _small_world,
-    "bipartite": _bipartite,
-    "edgelist": _edgelist,
-}
-
-NAMES: tuple[str, ...] = (*_STATIC, "one_peer_exponential")
-
-
-def _one_peer_exponential(n: int) -> TimeVarying:
+def one_peer_exponential(n: int) -> TimeVarying:
     """Step ``t`` of ``log2 n``: agent ``i`` averages with ``(i - 2^t) mod n``; one period averages exactly."""
     if n & (n - 1):
         raise TopologyError(
@@ -151,34 +140,64 @@ def _one_peer_exponential(n: int) -> TimeVarying:
         g.add_nodes_from(range(n))
         g.add_edges_from(zip(src, range(n)))  # edge j -> i: j sends to i
         steps.append(Topology(f"one_peer_exponential/t={t}", n, g, W, directed=True, doubly_stochastic=True))
-    return TimeVarying("one_peer_exponential", n, tuple(steps))
+    return validate(TimeVarying("one_peer_exponential", n, tuple(steps)), n_expected=n)
 
 
-def build(
-    name: str,
-    n: int,
-    *,
-    weights: str = "uniform",
-    seed: int = 0,
-    p: float = 0.3,
-    k: int = 4,
-    rewire: float = 0.1,
-    path: str | None = None,
-    max_tries: int = 100,
-    rows: int | None = None,
-) -> Topology | TimeVarying:
-    """Build and validate the topology ``name`` over ``n`` agents (see :data:`NAMES`)."""
+BUILDERS: dict[str, Callable[..., nx.Graph | TimeVarying]] = {
+    "ring": ring, "full": full, "star": star, "torus": torus, "erdos_renyi": erdos_renyi, "exponential": exponential,
+    "small_world": small_world, "bipartite": bipartite, "edgelist": edgelist,
+    "one_peer_exponential": one_peer_exponential,
+}
+NAMES: tuple[str, ...] = tuple(BUILDERS)
+
+
+def from_graph(graph: nx.Graph | nx.DiGraph, weights: str = "uniform", *, name: str = "graph",
+               n: int | None = None) -> Topology:
+    """A validated :class:`Topology` on ``graph`` (nodes 0..n-1).
+
+    Undirected: ``W = mixing_matrix(graph, weights)``. Directed (an edge j -> i means j sends to i):
+    every agent averages itself and its in-neighbours with equal weights (``weights`` must be uniform).
+    """
+    if weights not in WEIGHTS:
+        raise TopologyError(f"unknown weights '{weights}': use one of {', '.join(WEIGHTS)}")
+    n = graph.number_of_nodes() if n is None else n
+    if n < 2:
+        raise TopologyError(f"agents={n}: need at least 2 agents")
+    if set(graph.nodes) != set(range(n)):
+        raise TopologyError(f"topology '{name}': graph nodes must be exactly 0..{n - 1} for agents={n}: "
+                            "build it with n nodes labelled 0..n-1")
+    if graph.is_directed():
+        if weights != "uniform":
+            raise TopologyError(f"topology '{name}' is directed: weights={weights} is for undirected graphs; "
+                                "use weights=uniform (in-neighbours and self averaged)")
+        adj = nx.to_numpy_array(graph, nodelist=range(n), weight=None).T > 0  # adj[i, j]: j sends to i
+        np.fill_diagonal(adj, True)
+        W = adj / adj.sum(axis=1, keepdims=True)
+        doubly = bool(np.allclose(W.sum(axis=0), 1.0))
+        return validate(Topology(name, n, graph, W, directed=True, doubly_stochastic=doubly), n_expected=n)
+    W = mixing_matrix(graph, weights)
+    # uniform weights give equal column sums only when every agent has the same degree
+    regular = len({d for _, d in graph.degree}) == 1
+    doubly = weights != "uniform" or regular
+    return validate(Topology(name, n, graph, W, directed=False, doubly_stochastic=doubly), n_expected=n)
+
+
+def build(name: str, n: int, *, weights: str = "uniform", **options) -> Topology | TimeVarying:
+    """Build and validate the built-in topology ``name`` over ``n`` agents (see :data:`NAMES`) with that
+    builder's ``options`` (e.g. ``p``, ``seed`` for erdos_renyi)."""
     if name not in NAMES:
         raise TopologyError(f"unknown topology '{name}': use one of {', '.join(NAMES)}")
     if weights not in WEIGHTS:
         raise TopologyError(f"unknown weights '{weights}': use one of {', '.join(WEIGHTS)}")
     if n < 2:
         raise TopologyError(f"agents={n}: need at least 2 agents")
-    if name == "one_peer_exponential":
-        return validate(_one_peer_exponential(n), n_expected=n)
-    graph = _STATIC[name](n, _Options(seed, p, k, rewire, path, max_tries, rows))
-    W = mixing_matrix(graph, weights)
-    # uniform weights give equal column sums only when every agent has the same degree
-    regular = len({d for _, d in graph.degree}) == 1
-    doubly = weights != "uniform" or regular
-    return validate(Topology(name, n, graph, W, directed=False, doubly_stochastic=doubly), n_expected=n)
+    builder = BUILDERS[name]
+    unknown = sorted(set(options) - set(inspect.signature(builder).parameters))
+    if unknown:
+        raise TopologyError(f"topology {name} takes no option {', '.join(unknown)}")
+    out = builder(n, **options)
+    if isinstance(out, TimeVarying):
+        if weights != "uniform":
+            raise TopologyError(f"topology {name} brings its own mixing weights: drop weights={weights}")
+        return out
+    return from_graph(out, weights, name=name, n=n)

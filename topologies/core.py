@@ -117,9 +117,15 @@ def validate(top: T, n_expected: int | None = None) -> T:
                 f"not {top.n}: build all steps with the same n"
             )
         _check_step(step)
-    union = nx.compose_all([s.graph for s in top.steps])
-    _check_connected(top.name, union)
+    _check_connected(top.name, union_graph(top))
     return top
+
+
+def union_graph(top: Topology | TimeVarying) -> nx.Graph | nx.DiGraph:
+    """Every edge the topology ever uses: its graph, or the union of a time-varying sequence's steps."""
+    if isinstance(top, Topology):
+        return top.graph
+    return nx.compose_all([s.graph for s in top.steps])
 
 
 def _check_step(top: Topology) -> None:

@@ -1,15 +1,16 @@
-"""What an agent does with its neighbours' states in a round.
+"""What an agent does with its neighbours' messages in a round.
 
-An algorithm is a small object living next to the agents (on their host). The
+An algorithm is a small object living next to the agents (on their host), one
+subclass of :class:`Algorithm` per file; the config names it by `_target_`. The
 driver decides *when* and *with whom* (the schedule); the algorithm decides
-*how* the received states are combined. All math is in pure functions
-(`dimat.merge`, `gossip_average`) that tests call directly.
+*what* travels and *how* it is combined. All math is in pure functions
+(`dimat.merge`, `gossip_average`, `cross.aggregate`) that tests call directly.
 """
 
 from __future__ import annotations
 
-from dimat.algorithms.base import Algorithm, Received, gossip_average
-from dimat.algorithms.consensus import Cdsgd
+from dimat.algorithms.base import SERVER, Algorithm, Phase, Received, gossip_average, optimizer_settings
+from dimat.algorithms.consensus import Cdmsgd, Cdsgd
 from dimat.algorithms.cross import Cga
 from dimat.algorithms.dimat import Dimat
 from dimat.algorithms.gossip import Centralized, Dsgd, Fedavg, Local
@@ -17,27 +18,18 @@ from dimat.algorithms.push_sum import Sgp
 from dimat.algorithms.tracking import D2, Gt, Qgm
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    "dimat": Dimat,
-    "dsgd": Dsgd,
-    "cdsgd": Cdsgd,
-    "cdmsgd": Cdsgd,
-    "sgp": Sgp,
-    "cga": Cga,
-    "gt": Gt,
-    "d2": D2,
-    "qgm": Qgm,
-    "fedavg": Fedavg,
-    "local": Local,
-    "centralized": Centralized,
+    cls.name: cls for cls in (Dimat, Dsgd, Cdsgd, Cdmsgd, Sgp, Cga, Gt, D2, Qgm, Fedavg, Local, Centralized)
 }
 
 
-def build_algorithm(name: str, *, merge: dict | None = None, **options) -> Algorithm:
-    """The algorithm called `name`, configured by the `algorithm` and `merge` groups."""
+def build_algorithm(name: str, **options) -> Algorithm:
+    """The built-in algorithm called `name` with its constructor's `options` (Python use and tests)."""
     if name not in ALGORITHMS:
         raise ValueError(f"algorithm={name} is unknown: use one of {', '.join(ALGORITHMS)}")
-    options.pop("_target_", None)
-    return ALGORITHMS[name](merge=dict(merge or {}), **options)
+    return ALGORITHMS[name](**options)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "Received", "build_algorithm", "gossip_average"]
+__all__ = [
+    "ALGORITHMS", "SERVER", "Algorithm", "Cdmsgd", "Cdsgd", "Centralized", "Cga", "D2", "Dimat", "Dsgd", "Fedavg", "Gt",
+    "Local", "Phase", "Qgm", "Received", "Sgp", "build_algorithm", "gossip_average", "optimizer_settings",
+]

@@ -23,7 +23,6 @@ Bytes: a model out and a parameter-sized gradient back per edge per step.
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import scipy.linalg
@@ -31,7 +30,7 @@ import scipy.optimize
 import torch
 
 from dimat.agent import Agent
-from dimat.algorithms.base import Algorithm, Received, gossip_average
+from dimat.algorithms.base import Algorithm, Phase, Received, gossip_average
 from dimat.flat import FlatLayout, as_tensor
 
 
@@ -65,15 +64,27 @@ def aggregate(own: torch.Tensor, cross: torch.Tensor, margin: float, blocks: lis
 
 
 class Cga(Algorithm):
-    cross = True  # the driver runs the two-phase exchange (models out, gradients back), not local training
+    """Two phases per step: models out (each receiver returns its gradient of every model it got),
+    then the cross-gradients back (each owner aggregates, mixes and steps). Every agent takes part in
+    both every round, so a round the schedule skips is one plain local step."""
+
+    name = "cga"
     steps_per_round = 1
+    phases = (
+        Phase("gossip", receive="cross_gradients", every_agent=True),
+        Phase("reply", receive="step", every_agent=True),
+    )
 
-    def __init__(self, **kw):
+    def __init__(self, *, qp_margin: float = 0.5, qp_per_layer: bool = True, **kw):
         super().__init__(**kw)
-        self._pending: dict[int, tuple[torch.Tensor, float, list[Received]]] = {}
+        if qp_margin < 0:
+            raise ValueError(f"algorithm.qp_margin={qp_margin} must be >= 0 (0: a pure projection)")
+        self.qp_margin, self.qp_per_layer = qp_margin, qp_per_layer
+        # agent -> [own gradient, batch x, batch y, self weight, received models]
+        self._pending: dict[int, list] = {}
 
-    def payload_floats(self, layout: FlatLayout) -> int:
-        return layout.size + layout.n_params  # an exchange: the model out, its cross-gradient back
+    def message_floats(self, phase: int, layout: FlatLayout) -> int:
+        return layout.size if phase == 0 else layout.n_params  # the model out, its cross-gradient back
 
     def _blocks(self, agent: Agent) -> list[tuple[int, int]]:
         if not self.qp_per_layer:
@@ -81,25 +92,28 @@ class Cga(Algorithm):
         bounds = np.cumsum([0] + [p.numel() for p in agent.params])
         return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
-    def begin(self, agent: Agent, self_weight: float, received: list[Received]) -> tuple[float, dict[int, np.ndarray]]:
-        """Phase one for `agent`: its own gradient (kept) and, on the same batch, the gradient of every
-        received model (returned by source, to be sent back). Returns the loss at its own point too."""
+    def train(self, agent: Agent, steps: int) -> float:
+        """The agent's own gradient on its next batch (kept for the exchange, where the step happens)."""
         xb, yb = agent.next_batch()
         own, loss = agent.gradient(xb, yb)
-        self._pending[agent.index] = (own, self_weight, received)
-        return loss, {r.source: agent.gradient(xb, yb, r.state)[0].cpu().numpy() for r in received}
+        self._pending[agent.index] = [own, xb, yb, 1.0, []]
+        return loss
 
-    def finish(self, agent: Agent, cross: list[Received]) -> dict:
+    def cross_gradients(self, agent: Agent, self_weight: float, received: list[Received]) -> dict[int, np.ndarray]:
+        """Phase one: on the agent's own batch, the gradient of every model it received (replies, by owner)."""
+        pending = self._pending[agent.index]
+        _, xb, yb = pending[:3]
+        pending[3:] = [self_weight, received]
+        return {r.source: agent.gradient(xb, yb, r.state)[0].cpu().numpy() for r in received}
+
+    def step(self, agent: Agent, self_weight: float, cross: list[Received]) -> None:
         """Phase two: aggregate own and cross-gradients, mix with the received models, take the step."""
-        own, self_weight, received = self._pending.pop(agent.index)
-        t0 = time.perf_counter()
+        own, _, _, self_weight, received = self._pending.pop(agent.index)
         if cross:
             M = torch.stack([as_tensor(r.state).to(own.device) * r.weight for r in cross])
-            step = aggregate(own * self_weight, M, self.qp_margin, self._blocks(agent))
+            direction = aggregate(own * self_weight, M, self.qp_margin, self._blocks(agent))
         else:
-            step = own * self_weight
-        qp_s = time.perf_counter() - t0
+            direction = own * self_weight
         if received:
             gossip_average(agent.vec, self_weight, received)
-        agent.apply_gradient(step)
-        return {"qp_s": qp_s}
+        agent.apply_gradient(direction)

@@ -15,8 +15,6 @@ permutation is needed.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -27,27 +25,55 @@ from dimat.algorithms.tracking import GradientTracking, QuasiGlobalMomentum, spl
 from dimat.flat import FlatLayout, as_tensor
 
 METHODS = ("weight", "activation", "average")
+MERGE_KEYS = {"method", "data", "samples", "restarts", "warm_start", "bn_repair"}
+
+
+def proxy_indices(seed: int, n_train: int, samples: int) -> np.ndarray:
+    """`samples` training indices shared by all agents for `merge.data=proxy` (seeded)."""
+    rng = np.random.default_rng([seed, 7919])
+    return np.sort(rng.choice(n_train, size=min(samples, n_train), replace=False))
 
 
 class Dimat(Algorithm):
+    name = "dimat"
     default_init = "independent"
-    takes_correction = True
+    uses_merge = True
 
-    def __init__(self, *, merge: dict, **options):
-        super().__init__(merge=merge, **options)
+    def __init__(self, *, merge: dict | None = None, correction: str = "none", **options):
+        super().__init__(**options)
+        merge = dict(merge or {})
+        unknown = sorted(set(merge) - MERGE_KEYS)
+        if unknown:
+            raise ValueError(f"merge.{unknown[0]} is not a merge option: use one of {', '.join(sorted(MERGE_KEYS))}")
         self.method = merge.get("method", "weight")
         if self.method not in METHODS:
             raise ValueError(f"merge.method={self.method} is unknown: use one of {', '.join(METHODS)}")
+        for key in ("restarts", "warm_start"):
+            if merge.get(key) is not None and self.method != "weight":
+                raise ValueError(f"merge.{key} applies to weight matching: drop it for merge={self.method}")
+        self.data_source = merge.get("data", "local")
+        if self.data_source not in ("local", "proxy"):
+            raise ValueError(f"merge.data={self.data_source} is unknown: use local or proxy")
         self.samples = int(merge.get("samples", 512))
-        self.restarts = int(merge.get("restarts", 0))
-        self.warm_start = bool(merge.get("warm_start", True))
+        if self.samples < 1:
+            raise ValueError(f"merge.samples={self.samples} must be >= 1")
+        self.restarts = int(merge.get("restarts") or 0)
+        self.warm_start = merge.get("warm_start") is not False
         self.bn_repair = bool(merge.get("bn_repair", True))
+        if correction not in ("none", "gt", "qgm"):
+            raise ValueError(f"algorithm.correction={correction} is unknown: use none, gt or qgm")
+        self.correction = correction
         self.spec: mergelib.PermutationSpec | None = None
         self.template: torch.nn.Module | None = None
         self._prev: dict[tuple[int, int], mergelib.Perm] = {}  # (agent, neighbour) -> last permutation
         self.proxy = None  # optional shared public data for matching and BN repair
         self.tracking = GradientTracking() if self.correction == "gt" else None
         self.qgm = QuasiGlobalMomentum(self.optimizer, "algorithm.correction=qgm") if self.correction == "qgm" else None
+
+    def start(self, dataset, seed: int, device: str) -> None:
+        if self.data_source == "proxy":  # one shared public subset, the same on every host
+            idx = proxy_indices(seed, len(dataset.y_train), self.samples)
+            self.proxy = torch.from_numpy(dataset.x_train[idx]).to(device)
 
     def prepare(self, agent: Agent, example: torch.Tensor) -> None:
         if self.tracking is not None:
@@ -56,13 +82,13 @@ class Dimat(Algorithm):
             self.qgm.attach(agent)
         if self.spec is None and self.method != "average":
             # one spec per host: every agent has the same architecture
-            self.spec = mergelib.PermutationSpec.from_model(agent.model, example)
+            self.spec = mergelib.spec_for(agent.model, example)
         if self.template is None and self.method == "activation":
             import copy
 
             self.template = copy.deepcopy(agent.model)
 
-    def payload_floats(self, layout: FlatLayout) -> int:
+    def message_floats(self, phase: int, layout: FlatLayout) -> int:
         return layout.size + (layout.n_params if self.tracking is not None else 0)
 
     def payload(self, agent: Agent):
@@ -108,8 +134,7 @@ class Dimat(Algorithm):
             return self.proxy
         return agent.local_samples(self.samples)
 
-    def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> dict:
-        t0 = time.perf_counter()
+    def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> None:
         dirs: list[Received] = []
         if self.tracking is not None:
             received, dirs = split(received, agent.layout.size)
@@ -142,5 +167,3 @@ class Dimat(Algorithm):
             mergelib.reset_bn(agent.model, data)
         if self.qgm is not None:
             self.qgm.after_merge(agent)
-        self.after_merge(agent)
-        return {"merge_s": time.perf_counter() - t0}

@@ -20,6 +20,7 @@ from dimat.flat import FlatLayout
 
 
 class Sgp(Algorithm):
+    name = "sgp"
     mixing = "column"  # the driver mixes with the column-stochastic push-sum matrix
 
     def __init__(self, **kw):
@@ -29,14 +30,14 @@ class Sgp(Algorithm):
     def _w(self, i: int) -> float:
         return self.weight.setdefault(i, 1.0)
 
-    def payload_floats(self, layout: FlatLayout) -> int:
+    def message_floats(self, phase: int, layout: FlatLayout) -> int:
         return layout.size + 1  # the push-sum weight travels with the numerator
 
     def payload(self, agent: Agent) -> np.ndarray:
         w = self._w(agent.index)
         return np.concatenate([agent.vec.detach().cpu().numpy() * w, np.array([w], dtype=np.float32)])
 
-    def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> dict:
+    def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> None:
         w_own = self._w(agent.index)
         z = agent.vec.detach() * (w_own * self_weight)
         w = w_own * self_weight
@@ -45,7 +46,6 @@ class Sgp(Algorithm):
             w += float(r.state[-1]) * r.weight
         self.weight[agent.index] = w
         agent.vec.copy_(z / w)
-        return {}
 
     def agent_state(self, index: int) -> dict:
         return {"weight": self._w(index)}

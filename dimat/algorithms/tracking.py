@@ -31,7 +31,6 @@ import torch
 
 from dimat.agent import Agent
 from dimat.algorithms.base import Algorithm, Received, gossip_average
-from dimat.algorithms.gossip import Dsgd
 from dimat.flat import FlatLayout
 
 
@@ -84,8 +83,8 @@ class QuasiGlobalMomentum:
 
     def __init__(self, optimizer: dict, option: str):
         """From the algorithm's optimizer settings; `option` names the setting that asked for it (errors)."""
-        if optimizer["optimizer"] != "msgd":
-            raise ValueError(f"{option} needs algorithm.optimizer=msgd (it rebuilds the momentum buffer)")
+        if optimizer["name"] != "msgd":
+            raise ValueError(f"{option} needs algorithm.optimizer.name=msgd (it rebuilds the momentum buffer)")
         self.beta, self.lr = optimizer["momentum"], optimizer["lr"]
         self.m: dict[int, torch.Tensor] = {}
         self.x0: dict[int, torch.Tensor] = {}
@@ -137,17 +136,11 @@ def with_extra(agent: Agent, extra: torch.Tensor) -> np.ndarray:
     return torch.cat([agent.vec.detach(), extra.to(agent.vec.device)]).cpu().numpy()
 
 
-class _CorrectedGossip(Dsgd):
+class _CorrectedGossip(Algorithm):
     """D-SGD plus one per-agent correction component (attached at prepare, saved in checkpoints)."""
-
-    name: str
 
     def __init__(self, **kw):
         super().__init__(**kw)
-        if self.gossip_momentum:
-            raise ValueError(
-                f"algorithm.gossip_momentum is a dsgd option: use algorithm=dsgd, or drop it for {self.name}"
-            )
         self.component = self._component()
 
     def _component(self):
@@ -172,19 +165,17 @@ class Gt(_CorrectedGossip):
         self.tracking = GradientTracking()
         return self.tracking
 
-    def payload_floats(self, layout: FlatLayout) -> int:
+    def message_floats(self, phase: int, layout: FlatLayout) -> int:
         return layout.size + layout.n_params
 
     def payload(self, agent: Agent) -> np.ndarray:
         return with_extra(agent, self.tracking.direction(agent))
 
-    def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> dict:
+    def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> None:
         states, dirs = split(received, agent.layout.size)
         own_dir = self.tracking.direction(agent)
         gossip_average(agent.vec, self_weight, states)
         self.tracking.update(agent, own_dir, self_weight, dirs)
-        self.after_merge(agent)
-        return {}
 
 
 class Qgm(_CorrectedGossip):
@@ -199,14 +190,15 @@ class Qgm(_CorrectedGossip):
     def before_train(self, agent: Agent) -> None:
         self.qgm.before_train(agent)
 
-    def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> dict:
+    def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> None:
         gossip_average(agent.vec, self_weight, received)
         self.qgm.after_merge(agent)
-        return {}
 
 
 class D2(Algorithm):
     """Exact diffusion: mix φ_i = ψ_i + x_i − ψ_i' with (I + W)/2 (parameters; buffers mix plainly)."""
+
+    name = "d2"
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -231,7 +223,7 @@ class D2(Algorithm):
     def payload(self, agent: Agent) -> np.ndarray:
         return self._phi(agent).cpu().numpy()
 
-    def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> dict:
+    def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> None:
         i = agent.index
         if i not in self.sent:  # a receiver that did not send this round
             self._phi(agent)
@@ -242,8 +234,6 @@ class D2(Algorithm):
                                [Received(r.source, r.state, r.weight / 2) for r in received])
         agent.vec.copy_(mixed)
         self.x_prev[i] = agent.vec[: agent.layout.n_params].detach().clone()
-        self.after_merge(agent)
-        return {}
 
     def agent_state(self, index: int) -> dict:
         return {"x_prev": self.x_prev[index].cpu().clone(), "psi_prev": self.psi_prev[index].cpu().clone()}

@@ -1,9 +1,11 @@
 """Dataset loaders: digits (bundled with scikit-learn), Fashion-MNIST / MNIST (IDX
 files), CIFAR-10/100 (python pickle batches) and a synthetic Gaussian task.
 
-Everything comes back as numpy arrays in one shape: float32 images ``[N, C, H, W]``
-normalised with the train set's per-channel mean/std, int64 labels. No torchvision:
-the file formats are simple enough to read with numpy.
+Each loader returns a :class:`Dataset` of raw arrays (images ``[N, C, H, W]``);
+:func:`prepare_dataset` is what a run then does to any loader's dataset, a
+user's included: a class-stratified subsample, the per-channel standardisation
+the dataset asks for, float32 inputs and int64 labels. No torchvision: the file
+formats are simple enough to read with numpy.
 """
 
 from __future__ import annotations
@@ -44,7 +46,13 @@ class DatasetNotFound(FileNotFoundError):
 
 @dataclass(frozen=True, eq=False)  # eq=False: element-wise array comparison has no single truth value
 class Dataset:
-    """A train/test split held in memory; images ``[N, C, H, W]`` float32, labels int64."""
+    """A train/test split held in memory: what a `data._target_` loader returns.
+
+    ``x_*``: inputs ``[N, ...]`` (images ``[N, C, H, W]``), any numeric dtype; dimat hands float32 to the
+    models. ``y_*``: integer labels in ``[0, num_classes)``. ``normalize=True`` asks dimat to standardise
+    every channel (axis 1) with the mean and standard deviation of the training set it keeps (after
+    ``data.train_samples``), as the built-in loaders do; ``False`` leaves the inputs as given.
+    """
 
     name: str
     x_train: np.ndarray = field(repr=False)
@@ -52,10 +60,11 @@ class Dataset:
     x_test: np.ndarray = field(repr=False)
     y_test: np.ndarray = field(repr=False)
     num_classes: int
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
-            raise ValueError(f"{self.name}: inputs and labels differ in length")
+            raise ValueError(f"dataset {self.name}: inputs and labels differ in length")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -66,14 +75,41 @@ class Dataset:
                 f"input_shape={self.input_shape}, num_classes={self.num_classes})")
 
 
+def prepare_dataset(ds: Dataset, *, train_samples: int | None = None, test_samples: int | None = None,
+                    seed: int = 0) -> Dataset:
+    """What dimat does to any loader's dataset: check it, keep a class-stratified random subset of
+    ``train_samples`` / ``test_samples`` (chosen by ``seed``), standardise it if it asks, and hand
+    float32 inputs and int64 labels on."""
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"the data loader returned {type(ds).__name__}, not a dimat.data.Dataset: "
+                        "return Dataset(name, x_train, y_train, x_test, y_test, num_classes)")
+    for split in ("train", "test"):
+        y = np.asarray(getattr(ds, f"y_{split}"))
+        if y.ndim != 1 or (len(y) and not np.issubdtype(y.dtype, np.integer)):
+            raise ValueError(f"dataset {ds.name}: y_{split} must be a 1-d array of integer labels, "
+                             f"got {y.dtype} of shape {y.shape}")
+        if len(y) and (y.min() < 0 or y.max() >= ds.num_classes):
+            raise ValueError(f"dataset {ds.name}: y_{split} holds labels in [{y.min()}, {y.max()}] but "
+                             f"num_classes={ds.num_classes}: labels must be 0..num_classes-1")
+    if len(ds.y_train) == 0 or len(ds.y_test) == 0:
+        raise ValueError(f"dataset {ds.name} has an empty train or test split: give it samples")
+    rng = np.random.default_rng(seed)
+    xtr, ytr = _subsample(ds.x_train, np.asarray(ds.y_train), train_samples, rng)
+    xte, yte = _subsample(ds.x_test, np.asarray(ds.y_test), test_samples, rng)
+    if ds.normalize:
+        xtr, xte = _normalise(xtr, xte)
+    else:
+        xtr, xte = (np.ascontiguousarray(x, dtype=np.float32) for x in (xtr, xte))
+    return Dataset(ds.name, xtr, ytr.astype(np.int64), xte, yte.astype(np.int64), int(ds.num_classes))
+
+
 def load_dataset(name: str, root: str | None = None, *, train_samples: int | None = None,
                  test_samples: int | None = None, seed: int = 0, **kw: Any) -> Dataset:
-    """Load ``name`` (one of :data:`DATASETS`), optionally subsampled, normalised per channel.
+    """A built-in dataset by name (one of :data:`DATASETS`), prepared as a run prepares it.
 
-    ``root`` is where to look for downloaded files (None: the usual places, see
-    :class:`DatasetNotFound`'s message). ``kw`` are options of ``synthetic`` only
-    (``n_train``, ``n_test``, ``num_classes``, ``shape``, ``noise``). ``train_samples`` /
-    ``test_samples`` keep a class-stratified random subset chosen by ``seed``.
+    ``root`` applies to the file datasets (fashion_mnist, mnist, cifar10, cifar100), ``kw`` to
+    ``synthetic`` only (``n_train``, ``n_test``, ``num_classes``, ``shape``, ``noise``; its draw uses
+    ``seed`` too).
     """
     key = name.lower().replace("-", "_")
     if key not in DATASETS:
@@ -84,29 +120,17 @@ def load_dataset(name: str, root: str | None = None, *, train_samples: int | Non
     if unknown:
         raise TypeError(f"dataset synthetic got unknown options {', '.join(unknown)}: "
                         f"it takes {', '.join(sorted(_SYNTHETIC_OPTIONS))}")
-    if key in _HINTS and root is not None and not Path(root).expanduser().is_dir():  # a typo, not a search miss
-        raise DatasetNotFound(f"{key} not found: data.root={root} does not exist; {_HINTS[key]}")
-    if key == "digits":
-        xtr, ytr, xte, yte, c = _digits()
-    elif key == "synthetic":
-        xtr, ytr, xte, yte, c = _synthetic(seed=seed, **kw)
-    elif key in _CIFAR:
-        xtr, ytr, xte, yte, c = _cifar(key, root)
-    else:
-        xtr, ytr, xte, yte, c = _idx_dataset(key, root)
-
-    rng = np.random.default_rng(seed)
-    xtr, ytr = _subsample(xtr, ytr, train_samples, rng)
-    xte, yte = _subsample(xte, yte, test_samples, rng)
-    xtr, xte = _normalise(xtr, xte)
-    return Dataset(key, xtr, ytr.astype(np.int64), xte, yte.astype(np.int64), c)
+    if root is not None and key not in _HINTS:
+        raise TypeError(f"dataset {key} reads no files: drop root")
+    loader = LOADERS[key]
+    raw = loader(seed=seed, **kw) if key == "synthetic" else loader(root) if key in _HINTS else loader()
+    return prepare_dataset(raw, train_samples=train_samples, test_samples=test_samples, seed=seed)
 
 
 # --------------------------------------------------------------------------- sources
-_Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
 
-
-def _digits() -> _Arrays:
+def digits() -> Dataset:
+    """scikit-learn's 8x8 digits (1,437 train / 360 test, a fixed stratified split)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -114,11 +138,11 @@ def _digits() -> _Arrays:
     x = d.images.astype(np.float32)[:, None] / 16.0  # pixel values are 0..16
     # fixed random_state: the split is part of the dataset, not of the experiment's seed
     xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.2, stratify=d.target, random_state=0)
-    return xtr, ytr, xte, yte, 10
+    return Dataset("digits", xtr, ytr, xte, yte, 10, normalize=True)
 
 
-def _synthetic(*, seed: int = 0, n_train: int = 512, n_test: int = 256, num_classes: int = 4,
-               shape: tuple[int, ...] | list[int] = (1, 8, 8), noise: float = 1.0) -> _Arrays:
+def synthetic(n_train: int = 512, n_test: int = 256, num_classes: int = 4,
+              shape: tuple[int, ...] | list[int] = (1, 8, 8), noise: float = 1.0, seed: int = 0) -> Dataset:
     """Gaussian blobs around random class means: separable enough to learn in a few steps."""
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
@@ -131,7 +155,7 @@ def _synthetic(*, seed: int = 0, n_train: int = 512, n_test: int = 256, num_clas
 
     xtr, ytr = draw(n_train)
     xte, yte = draw(n_test)
-    return xtr, ytr, xte, yte, num_classes
+    return Dataset("synthetic", xtr, ytr, xte, yte, num_classes, normalize=True)
 
 
 def _candidates(name: str, root: str | None, sub: str | None) -> list[Path]:
@@ -153,13 +177,39 @@ def _not_found(name: str, dirs: list[Path], what: str) -> DatasetNotFound:
     return DatasetNotFound(f"{name} not found: looked in {', '.join(map(str, dirs))} for {what}; {_HINTS[name]}")
 
 
-def _idx_dataset(name: str, root: str | None) -> _Arrays:
+def fashion_mnist(root: str | None = None) -> Dataset:
+    """Fashion-MNIST from Debian's dataset-fashion-mnist or the four IDX files under ``root``."""
+    return _idx_dataset("fashion_mnist", root)
+
+
+def mnist(root: str | None = None) -> Dataset:
+    """MNIST from the four IDX files (gzip or not) under ``root`` (or root/MNIST/raw)."""
+    return _idx_dataset("mnist", root)
+
+
+def cifar10(root: str | None = None) -> Dataset:
+    """CIFAR-10 from the python-pickle batches (cifar-10-batches-py/) under ``root``."""
+    return _cifar("cifar10", root)
+
+
+def cifar100(root: str | None = None) -> Dataset:
+    """CIFAR-100 from the python-pickle files (cifar-100-python/) under ``root``."""
+    return _cifar("cifar100", root)
+
+
+def _check_root(name: str, root: str | None) -> None:
+    if root is not None and not Path(root).expanduser().is_dir():  # a typo, not a search miss
+        raise DatasetNotFound(f"{name} not found: data.root={root} does not exist; {_HINTS[name]}")
+
+
+def _idx_dataset(name: str, root: str | None) -> Dataset:
+    _check_root(name, root)
     dirs = _candidates(name, root, None)
     for d in dirs:
         paths = [_find_idx(d / f) for f in IDX_FILES]
         if all(paths):
             xtr, ytr, xte, yte = (read_idx(p) for p in paths)  # type: ignore[arg-type]
-            return xtr[:, None], ytr, xte[:, None], yte, 10
+            return Dataset(name, xtr[:, None], ytr, xte[:, None], yte, 10, normalize=True)
     raise _not_found(name, dirs, ", ".join(f + "[.gz]" for f in IDX_FILES))
 
 
@@ -188,14 +238,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype, count=n, offset=start).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def _cifar(name: str, root: str | None) -> _Arrays:
+def _cifar(name: str, root: str | None) -> Dataset:
+    _check_root(name, root)
     sub, train_files, test_files, label_key = _CIFAR[name]
     dirs = _candidates(name, root, sub)
     for d in dirs:
         if all((d / f).is_file() for f in train_files + test_files):
             xtr, ytr = _cifar_batches(d, train_files, label_key)
             xte, yte = _cifar_batches(d, test_files, label_key)
-            return xtr, ytr, xte, yte, 10 if name == "cifar10" else 100
+            return Dataset(name, xtr, ytr, xte, yte, 10 if name == "cifar10" else 100, normalize=True)
     raise _not_found(name, dirs, ", ".join(train_files + test_files))
 
 
@@ -209,6 +260,12 @@ def _cifar_batches(d: Path, files: tuple[str, ...], label_key: bytes) -> tuple[n
         xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch[label_key], np.int64))
     return np.concatenate(xs), np.concatenate(ys)
+
+
+LOADERS: dict[str, Callable[..., Dataset]] = {
+    "digits": digits, "fashion_mnist": fashion_mnist, "mnist": mnist, "cifar10": cifar10, "cifar100": cifar100,
+    "synthetic": synthetic,
+}
 
 
 # --------------------------------------------------------------------------- transforms

@@ -72,6 +72,20 @@ class PermutationSpec:
         return [(g, ax) for g, pairs in self.groups.items() for k, ax in pairs if k == key]
 
 
+def spec_for(model: nn.Module, example_input: torch.Tensor) -> PermutationSpec:
+    """The permutation spec of `model`: its own `permutation_spec()` method's, when it has one (a spec
+    written by hand beside the model), else derived by torch.fx; either way self-tested (`check_spec`)."""
+    own = getattr(model, "permutation_spec", None)
+    if not callable(own):
+        return PermutationSpec.from_model(model, example_input)
+    spec = own()
+    if not isinstance(spec, PermutationSpec):
+        raise SpecError(f"{type(model).__name__}.permutation_spec() returned {type(spec).__name__}: "
+                        "return a dimat.merge.PermutationSpec")
+    check_spec(model, spec, example_input)
+    return spec
+
+
 def _derive(model: nn.Module, example: torch.Tensor) -> PermutationSpec:
     try:
         gm = trace(model, example)

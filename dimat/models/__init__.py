@@ -1,57 +1,93 @@
-"""dimat.models: plain ``nn.Module`` models (mlp, cnn, vgg11, vgg16, resnet20) built by name.
+"""dimat.models: plain ``nn.Module`` models and the factories the configs name.
 
-No merge logic lives here; ``dimat.merge`` derives permutation specs from these
-modules by tracing them.
+A model factory is any callable ``factory(input_shape=..., num_classes=..., **options)``
+returning an ``nn.Module`` (`model._target_` in the config); the built-in ones are
+below. No merge logic lives here: ``dimat.merge`` derives permutation specs from
+these modules by tracing them.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
 from dimat.models.cnn import CNN
 from dimat.models.layers import NORMS, ModelError, resolve_norm
-from dimat.models.mlp import MLP, mlp
+from dimat.models.mlp import MLP
 from dimat.models.resnet import ResNet20
 from dimat.models.vgg import CONFIGS, VGG
 
-MODELS: tuple[str, ...] = ("mlp", "cnn", "vgg11", "vgg16", "resnet20")
+__all__ = ["MODELS", "NORMS", "CNN", "MLP", "VGG", "ModelError", "ResNet20", "build_model", "cnn", "mlp", "resnet20",
+           "vgg11", "vgg16"]
 
-__all__ = ["MODELS", "NORMS", "CNN", "MLP", "VGG", "ModelError", "ResNet20", "build_model"]
+
+def _shape(input_shape: Sequence[int], num_classes: int, width: int, *, image: str | None = None) -> tuple[int, ...]:
+    """Validate what every factory gets; a one-line ``ModelError`` for a request no model can serve."""
+    shape = tuple(int(s) for s in input_shape)
+    if width < 1 or num_classes < 1:
+        raise ModelError(f"width and num_classes must be >= 1, got width={width}, num_classes={num_classes}")
+    if image is not None and len(shape) != 3:
+        raise ModelError(f"{image} needs input_shape (C, H, W), got {shape}")
+    return shape
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, width: int = 1,
-                norm: str = "bn", hidden: tuple[int, ...] | list[int] = (128, 128),
-                batchnorm: bool | None = None, groups: int | None = None) -> nn.Module:
-    """Build model ``name`` for inputs of ``input_shape`` ((C, H, W) for images).
-
-    ``width`` multiplies every hidden size; ``norm`` is one of ``NORMS`` (mlp
-    ignores it); ``batchnorm`` is a legacy alias (False → "none", True → "bn").
-    ``groups`` sets GroupNorm's group count for ``norm="gn"`` (default: 8, 4 or 2,
-    whichever divides the channels).
-    """
-    norm = resolve_norm(norm, batchnorm)
+def _conv_norm(norm: str, groups: int | None) -> str:
+    norm = resolve_norm(norm)
     if groups is not None:
         if norm != "gn" or groups < 1:
             raise ModelError(f"model.groups={groups} needs model.norm=gn and groups >= 1 (ln is one group)")
         norm = f"gn{groups}"
-    input_shape = tuple(int(s) for s in input_shape)
-    _validate(name, input_shape, num_classes, width)
-    if name == "mlp":
-        return mlp(input_shape, num_classes, hidden, width)
-    if name == "cnn":
-        return CNN(input_shape, num_classes, width, norm)
-    if name in CONFIGS:
-        return VGG(CONFIGS[name], input_shape, num_classes, width, norm)
-    return ResNet20(input_shape, num_classes, width, norm)
+    return norm
 
 
-def _validate(name: str, input_shape: tuple[int, ...], num_classes: int, width: int) -> None:
-    """Raise a one-line ``ModelError`` for a request no model can serve."""
+def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (128, 128), width: int = 1) -> MLP:
+    """Flatten → (Linear → ReLU) per hidden size × ``width`` → Linear(num_classes)."""
+    return MLP(math.prod(_shape(input_shape, num_classes, width)), num_classes, [h * width for h in hidden])
+
+
+def cnn(input_shape: Sequence[int], num_classes: int, width: int = 1, norm: str = "bn",
+        groups: int | None = None) -> CNN:
+    """Two conv3x3 → norm → ReLU → pool blocks (32w, 64w channels), then two Linear layers.
+
+    ``norm`` is one of ``NORMS``; ``groups`` sets GroupNorm's group count for ``norm="gn"``
+    (default: 8, 4 or 2, whichever divides the channels).
+    """
+    shape = _shape(input_shape, num_classes, width, image="cnn")
+    if min(shape[1:]) < 4:
+        raise ModelError(f"cnn needs H, W >= 4 (two 2x2 pools), got {shape}")
+    return CNN(shape, num_classes, width, _conv_norm(norm, groups))
+
+
+def vgg11(input_shape: Sequence[int], num_classes: int, width: int = 1, norm: str = "bn",
+          groups: int | None = None) -> VGG:
+    """VGG-11 with standard channels × width / 8 (width=8: the original)."""
+    return VGG(CONFIGS["vgg11"], _shape(input_shape, num_classes, width, image="vgg11"), num_classes, width,
+               _conv_norm(norm, groups))
+
+
+def vgg16(input_shape: Sequence[int], num_classes: int, width: int = 1, norm: str = "bn",
+          groups: int | None = None) -> VGG:
+    """VGG-16 with standard channels × width / 8 (width=8: the original)."""
+    return VGG(CONFIGS["vgg16"], _shape(input_shape, num_classes, width, image="vgg16"), num_classes, width,
+               _conv_norm(norm, groups))
+
+
+def resnet20(input_shape: Sequence[int], num_classes: int, width: int = 1, norm: str = "bn",
+             groups: int | None = None) -> ResNet20:
+    """CIFAR-style ResNet-20 (16w, 32w, 64w channels), option-B shortcuts."""
+    return ResNet20(_shape(input_shape, num_classes, width, image="resnet20"), num_classes, width,
+                    _conv_norm(norm, groups))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp, "cnn": cnn, "vgg11": vgg11, "vgg16": vgg16, "resnet20": resnet20,
+}
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, **options) -> nn.Module:
+    """The built-in model ``name`` (one of ``MODELS``) with that factory's ``options``."""
     if name not in MODELS:
         raise ModelError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    if width < 1 or num_classes < 1:
-        raise ModelError(f"width and num_classes must be >= 1, got width={width}, num_classes={num_classes}")
-    if name != "mlp" and len(input_shape) != 3:
-        raise ModelError(f"{name} needs input_shape (C, H, W), got {input_shape}")
-    if name == "cnn" and min(input_shape[1:]) < 4:
-        raise ModelError(f"cnn needs H, W >= 4 (two 2x2 pools), got {input_shape}")
+    return MODELS[name](input_shape, num_classes, **options)

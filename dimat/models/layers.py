@@ -17,10 +17,8 @@ class ModelError(ValueError):
     """Invalid model request (unknown name, bad norm, bad shape)."""
 
 
-def resolve_norm(norm: str, batchnorm: bool | None) -> str:
-    """Fold the legacy ``batchnorm`` flag into ``norm`` and validate it."""
-    if batchnorm is not None:
-        norm = "bn" if batchnorm else "none"
+def resolve_norm(norm: str) -> str:
+    """Validate ``norm`` (one of ``NORMS``)."""
     if norm not in NORMS:
         raise ModelError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
     return norm

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from torch import nn
@@ -23,7 +22,3 @@ class MLP(nn.Sequential):
         layers.append(nn.Linear(prev, num_classes))
         super().__init__(*layers)
 
-
-def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: Sequence[int], width: int) -> MLP:
-    """An MLP whose hidden sizes are ``hidden`` scaled by ``width``."""
-    return MLP(math.prod(input_shape), num_classes, [h * width for h in hidden])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def assign_agents(n_agents: int, n_hosts: int) -> list[list[int]]:
@@ -30,29 +31,40 @@ class HostFailure(RuntimeError):
 
 
 class Backend:
-    """Hosts agents; `groups[h]` lists the agents living on host h."""
+    """Hosts agents; `groups[h]` lists the agents living on host h.
 
+    The driver's only verbs: run a plain function `fn(host, *args)` on every host
+    (`run`, `run_each` with per-host arguments) or on one (`run_one`), and move
+    arrays between itself and the hosts (`put`, `fetch`).
+    """
+
+    name = "backend"
     groups: list[list[int]]
-    comm: str = "object_store"  # how neighbour states travel: object_store | torch
+    comm: str = "object_store"  # how neighbour messages travel: object_store | torch
 
-    def call(self, method: str, *args: Any) -> list[Any]:
-        """`method(*args)` on every host; results in host order."""
-        return self.call_each(method, [args] * len(self.groups))
+    def run(self, fn: Callable, *args: Any) -> list[Any]:
+        """`fn(host, *args)` on every host; results in host order."""
+        return self.run_each(fn, [args] * len(self.groups))
 
-    def call_each(self, method: str, args: Sequence[tuple]) -> list[Any]:
+    def run_each(self, fn: Callable, args: Sequence[tuple]) -> list[Any]:
         raise NotImplementedError
 
-    def call_one(self, host: int, method: str, *args: Any) -> Any:
+    def run_one(self, host: int, fn: Callable, *args: Any) -> Any:
         raise NotImplementedError
+
+    def put(self, array) -> Any:
+        """A handle hosts can fetch (the array itself in-process)."""
+        return array
+
+    def fetch(self, handles: dict) -> dict:
+        """The arrays behind handles, on the driver."""
+        return handles
 
     def restart(self, host: int) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot restart a host")
 
+    def drop(self, host: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot drop a host")
+
     def shutdown(self) -> None:
         pass
-
-    def host_of(self, agent: int) -> int:
-        for h, g in enumerate(self.groups):
-            if agent in g:
-                return h
-        raise KeyError(agent)

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from dimat.runtime.base import Backend, resolve_device
-from dimat.runtime.host import AgentHost
+from dimat.runtime.host import AgentHost, HostSpec
 
 
 class InProcessBackend(Backend):
-    def __init__(self, cfg: dict, dataset, parts):
-        self.groups = [list(range(len(parts)))]
+    name = "inprocess"
+
+    def __init__(self, spec: HostSpec, dataset, parts, *, device: str = "auto", vectorize: bool = False):
         import torch
 
-        device = resolve_device(cfg["backend"]["device"], torch.cuda.is_available())
-        self.hosts = [AgentHost(cfg, dataset, dict(enumerate(parts)), transport="local", device=device)]
+        self.groups = [list(range(len(parts)))]
+        self.device = resolve_device(device, torch.cuda.is_available())
+        self.hosts = [AgentHost(spec, dataset, dict(enumerate(parts)), transport="local", device=self.device,
+                                vectorize=vectorize)]
 
-    def call_each(self, method: str, args: Sequence[tuple]) -> list[Any]:
-        return [getattr(h, method)(*a) for h, a in zip(self.hosts, args)]
+    def run_each(self, fn: Callable, args: Sequence[tuple]) -> list[Any]:
+        return [h.run(fn, *a) for h, a in zip(self.hosts, args)]
 
-    def call_one(self, host: int, method: str, *args: Any) -> Any:
-        return getattr(self.hosts[host], method)(*args)
+    def run_one(self, host: int, fn: Callable, *args: Any) -> Any:
+        return self.hosts[host].run(fn, *args)

@@ -55,6 +55,19 @@ def destroy_group() -> None:
         dist.destroy_process_group()
 
 
+# -- host operations (run on every agent host by the Ray backend) ----------------
+def address(host, loopback: bool) -> tuple[str, int]:
+    return free_address(loopback)
+
+
+def join(host, rank: int, world: int, addr: str, port: int, loopback: bool) -> None:
+    init_group(rank, world, addr, port, device=host.device, timeout_s=host.timeout_s, loopback=loopback)
+
+
+def leave(host) -> None:
+    destroy_group()
+
+
 def host_plans(groups: list[list[int]], rows: Rows) -> list[tuple[Rows, dict[int, list[int]], dict[int, list[int]]]]:
     """Per host: (its agents' rows, {host: agent ids to send it}, {host: agent ids to receive from it})."""
     owner = {i: h for h, g in enumerate(groups) for i in g}

@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from dimat.runtime import ops
 from dimat.runtime.base import Backend, HostFailure, assign_agents, resolve_device
-from dimat.runtime.host import AgentHost
+from dimat.runtime.host import AgentHost, HostSpec
 
 
 def start_local_ray(num_cpus: int | None) -> bool:
@@ -43,56 +45,82 @@ def start_local_ray(num_cpus: int | None) -> bool:
     return before
 
 
+def check_options(*, placement: str, comm: str, timeout_s: float, **counts) -> None:
+    """The Ray backend's own options, checked before Ray starts (one line each)."""
+    if placement not in ("pack", "spread"):
+        raise ValueError(f"backend.placement={placement} is unknown: use pack or spread")
+    if comm not in ("object_store", "torch"):
+        raise ValueError(f"backend.comm={comm} is unknown: use object_store or torch")
+    if not timeout_s > 0:
+        raise ValueError(f"backend.timeout_s={timeout_s} must be > 0")
+    for key, value in counts.items():
+        if value is not None and not value > 0:
+            raise ValueError(f"backend.{key}={value} must be > 0 (or null)")
+
+
 def connect(address: str) -> None:
     """Join an existing cluster: its resources are the cluster's, never passed here."""
     ray.init(address=address, logging_level=logging.WARNING)
 
 
-def gpu_share(b: dict, gpus: float, n_hosts: int) -> float:
+def gpu_share(device: str, gpus_per_actor: float | None, gpus: float, n_hosts: int) -> float:
     """GPUs per actor: `backend.gpus_per_actor`, or the visible GPUs shared evenly (at most one each)."""
-    if b["device"] == "cpu":
+    if device == "cpu":
         return 0.0
-    if b["gpus_per_actor"] is not None:
-        if b["gpus_per_actor"] * n_hosts > gpus + 1e-9:
+    if gpus_per_actor is not None:
+        if gpus_per_actor * n_hosts > gpus + 1e-9:
             raise ValueError(
-                f"backend.gpus_per_actor={b['gpus_per_actor']:g} × {n_hosts} actors needs more than the cluster's "
+                f"backend.gpus_per_actor={gpus_per_actor:g} × {n_hosts} actors needs more than the cluster's "
                 f"{gpus:g} GPUs: lower it, or set backend.agents_per_actor so fewer actors start"
             )
-        return float(b["gpus_per_actor"])
+        return float(gpus_per_actor)
     return min(1.0, gpus / n_hosts) if gpus else 0.0
 
 
 class RayBackend(Backend):
-    def __init__(self, cfg: dict, dataset, parts):
-        b = cfg["backend"]
-        self.timeout_s = float(b["timeout_s"])
-        self.comm = b["comm"]
+    """Agent hosts as Ray actors (`backend=ray`); the keys are `conf/backend/ray.yaml`'s."""
+
+    name = "ray"
+
+    def __init__(self, spec: HostSpec, dataset, parts, *, address: str | None = None,
+                 agents_per_actor: int | None = None, num_cpus: int | None = None,
+                 threads_per_actor: int | None = None, placement: str = "pack", comm: str = "object_store",
+                 gpus_per_actor: float | None = None, timeout_s: float = 600.0, device: str = "auto",
+                 vectorize: bool = False):
+        check_options(placement=placement, comm=comm, timeout_s=timeout_s, agents_per_actor=agents_per_actor,
+                      num_cpus=num_cpus, threads_per_actor=threads_per_actor, gpus_per_actor=gpus_per_actor)
+        self.timeout_s = float(timeout_s)
+        self.comm = comm
         self._owns_ray = not ray.is_initialized()
         self._cluster_flag: bool | None = None
         if self._owns_ray:
-            if b["address"]:
-                connect(b["address"])
+            if address:
+                connect(address)
             else:
-                self._cluster_flag = start_local_ray(b["num_cpus"])
+                self._cluster_flag = start_local_ray(num_cpus)
         self.hosts: list = []
         self.pg = None
         try:
-            self._start_hosts(cfg, dataset, parts, b)
+            self._start_hosts(spec, dataset, parts, agents_per_actor, threads_per_actor, placement, gpus_per_actor,
+                              device, vectorize)
         except BaseException:
             self.shutdown()  # nothing left behind: no actors, no placement group, no Ray of ours
             raise
 
-    def _start_hosts(self, cfg: dict, dataset, parts, b: dict) -> None:
+    def _start_hosts(self, spec, dataset, parts, agents_per_actor, threads_per_actor, placement, gpus_per_actor,
+                     device, vectorize) -> None:
         cpus = float(ray.available_resources().get("CPU", 1.0))
         n = len(parts)
-        n_hosts = math.ceil(n / b["agents_per_actor"]) if b["agents_per_actor"] else max(1, min(n, int(cpus)))
+        n_hosts = math.ceil(n / agents_per_actor) if agents_per_actor else max(1, min(n, int(cpus)))
         self.groups = assign_agents(n, n_hosts)
         cpus_each = cpus / len(self.groups)
-        threads = b["threads_per_actor"] or max(1, int(cpus_each))
-        gpus_each = gpu_share(b, float(ray.available_resources().get("GPU", 0.0)), len(self.groups))
-        device = resolve_device(b["device"], gpus_each > 0)
+        threads = threads_per_actor or max(1, int(cpus_each))
+        gpus_each = gpu_share(device, gpus_per_actor, float(ray.available_resources().get("GPU", 0.0)),
+                              len(self.groups))
+        device = resolve_device(device, gpus_each > 0)
+        self.device = device
         bundle = {"CPU": cpus_each, **({"GPU": gpus_each} if device == "cuda" else {})}
-        strategy = {"pack": "PACK", "spread": "SPREAD"}[b["placement"]]
+        strategy = {"pack": "PACK", "spread": "SPREAD"}[placement]
         self.pg = placement_group([bundle] * len(self.groups), strategy=strategy)
         ray.get(self.pg.ready(), timeout=self.timeout_s)
         data_ref = ray.put(dataset)
@@ -103,33 +131,37 @@ class RayBackend(Backend):
                 num_cpus=cpus_each,
                 num_gpus=bundle.get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=h),
-            ).remote(cfg, data_ref, {i: parts[i] for i in self.groups[h]}, transport="ray", threads=threads,
-                     timeout_s=self.timeout_s, device=device)
+            ).remote(spec, data_ref, {i: parts[i] for i in self.groups[h]}, transport="ray", threads=threads,
+                     timeout_s=self.timeout_s, device=device, vectorize=vectorize)
 
         self._start = start
         self.hosts = [start(h) for h in range(len(self.groups))]
-        self.call("ping")
+        self.run(ops.ping)
         if self.comm == "torch":
             self._init_comm()
 
     def _init_comm(self) -> None:
         """All hosts join one torch.distributed group; host 0 names the address and port."""
+        from dimat.runtime import p2p
+
         loopback = self._cluster_flag is not None  # a local Ray of ours: everything on 127.0.0.1
-        addr, port = self.call_one(0, "comm_address", loopback)
+        addr, port = self.run_one(0, p2p.address, loopback)
         world = len(self.hosts)
-        self.call_each("init_comm", [(r, world, addr, port, loopback) for r in range(world)])
+        self.run_each(p2p.join, [(r, world, addr, port, loopback) for r in range(world)])
 
     def _reset_comm(self) -> None:
         """After a host changed: the survivors leave the old group, and every host joins a new one."""
         if self.comm == "torch":
-            self.call("destroy_comm")
+            from dimat.runtime import p2p
+
+            self.run(p2p.leave)
             self._init_comm()
 
     def restart(self, host: int) -> None:
         """A fresh actor for a dead host's agents (their state comes back from a checkpoint)."""
         ray.kill(self.hosts[host])
         self.hosts[host] = self._start(host)
-        self.call_one(host, "ping")
+        self.run_one(host, ops.ping)
         self._reset_comm()
 
     def drop(self, host: int) -> None:
@@ -150,12 +182,19 @@ class RayBackend(Backend):
                 raise HostFailure(h, "died") from e
         return out
 
-    def call_each(self, method: str, args: Sequence[tuple]) -> list[Any]:
-        refs = [getattr(h, method).remote(*a) for h, a in zip(self.hosts, args)]
+    def run_each(self, fn: Callable, args: Sequence[tuple]) -> list[Any]:
+        refs = [h.run.remote(fn, *a) for h, a in zip(self.hosts, args)]
         return self._get(refs, list(range(len(refs))))
 
-    def call_one(self, host: int, method: str, *args: Any) -> Any:
-        return self._get([getattr(self.hosts[host], method).remote(*args)], [host])[0]
+    def run_one(self, host: int, fn: Callable, *args: Any) -> Any:
+        return self._get([self.hosts[host].run.remote(fn, *args)], [host])[0]
+
+    def put(self, array) -> Any:
+        return ray.put(array)
+
+    def fetch(self, handles: dict) -> dict:
+        keys = list(handles)
+        return dict(zip(keys, ray.get([handles[k] for k in keys], timeout=self.timeout_s)))
 
     def shutdown(self) -> None:
         for h in self.hosts:

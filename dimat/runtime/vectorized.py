@@ -29,7 +29,7 @@ def check_vectorizable(layout: FlatLayout, optimizer: str) -> None:
     if layout.n_params != layout.size:
         raise ValueError("backend.vectorize=true needs a model without BatchNorm statistics: set model.norm=ln, gn or none")
     if optimizer not in ("sgd", "msgd"):
-        raise ValueError(f"backend.vectorize=true supports algorithm.optimizer=sgd|msgd, not {optimizer}")
+        raise ValueError(f"backend.vectorize=true supports algorithm.optimizer.name=sgd|msgd, not {optimizer}")
 
 
 class AgentGroup:
@@ -38,7 +38,7 @@ class AgentGroup:
     def __init__(self, agents: list[Agent]):
         first = agents[0]
         c = first.optimizer_cfg
-        check_vectorizable(first.layout, c["optimizer"])
+        check_vectorizable(first.layout, c["name"])
         self.agents = agents
         n = len(agents)
         self.X = torch.stack([a.vec.detach() for a in agents])  # [agents, state]: every agent's row
@@ -51,7 +51,7 @@ class AgentGroup:
         entries = [(key, s, o) for key, s, o in zip(lay.keys, lay.shapes, lay.offsets) if o < lay.n_params]
         self.names = [key for key, _, _ in entries]
         self.stacked = [self.X[:, o : o + math.prod(s)].view(n, *s) for _, s, o in entries]
-        self.opt = make_optimizer(self.stacked, c["optimizer"], c["lr"], c.get("momentum", 0.9), c.get("weight_decay", 0.0))
+        self.opt = make_optimizer(self.stacked, c["name"], c["lr"], c["momentum"], c["weight_decay"])
         self.model = first.model  # the skeleton functional_call runs (its own tensors are not used)
         loss_fn = first.loss_fn
 

@@ -21,7 +21,7 @@ def _check_disjoint(parts: list[np.ndarray]) -> np.ndarray:
 @pytest.mark.parametrize("method", PARTITIONS)
 @pytest.mark.parametrize("n", [1, 3, 10, 25])
 def test_disjoint_and_covering(method: str, n: int) -> None:
-    parts = partition(LABELS, n, method, min_samples=5)
+    parts = partition(LABELS, n, method, **({"min_samples": 5} if method == "dirichlet" else {}))
     assert len(parts) == n
     allidx = _check_disjoint(parts)
     if method == "iid":

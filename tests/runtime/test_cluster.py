@@ -7,7 +7,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from dimat.experiment import run
+from dimat import run
 
 
 @pytest.mark.timeout(600)

@@ -7,7 +7,7 @@ import pytest
 import ray
 
 from dimat import experiment
-from dimat.experiment import run
+from dimat import run
 from dimat.metrics import read_metrics
 
 COMMON = ("algorithm=dsgd", "backend=ray", "backend.num_cpus=2", "backend.agents_per_actor=2", "rounds=4",
@@ -49,9 +49,9 @@ def test_on_failure_stop_raises(tiny, monkeypatch):
 
 
 def test_a_run_folder_the_hosts_cannot_see_is_refused(tiny, monkeypatch):
-    from dimat.runtime.host import AgentHost
+    from dimat.runtime import ops
 
-    monkeypatch.setattr(AgentHost, "sees", lambda self, folder: False)  # as if run.dir were node-local elsewhere
+    monkeypatch.setattr(ops, "sees", lambda host, folder: False)  # as if run.dir were node-local elsewhere
     with pytest.raises(experiment.ConfigError, match="every node shares"):
         run(tiny("algorithm=dsgd", "backend=inprocess"))
 

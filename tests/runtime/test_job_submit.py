@@ -1,4 +1,4 @@
-"""`ray job submit` route: a private Ray head on loopback runs `python -m dimat` as a job."""
+"""`ray job submit` route: a private Ray head on loopback runs `python -m dimat` as a job, with a user's module."""
 
 from __future__ import annotations
 
@@ -31,11 +31,12 @@ def test_a_submitted_job_runs_an_experiment(tmp_path, monkeypatch):
     try:
         client = JobSubmissionClient(f"http://127.0.0.1:{port}")
         run_dir = tmp_path / "job-run"
+        # the job ships a user's package (examples/mylab) with --working-dir; its model runs on the actors
         submit = lambda: client.submit_job(
-            entrypoint=f"{sys.executable} -m dimat backend.address=auto data=synthetic model.hidden=[16] agents=4 "
-                       f"rounds=2 algorithm=dsgd run.progress=false run.dir={run_dir}",
-            runtime_env={"working_dir": str(ROOT), "excludes": [".venv/", ".git/", "outputs/", "multirun/",
-                                                                 "bench/results/"]},
+            entrypoint=f"{sys.executable} -m dimat backend.address=auto data=synthetic model=custom "
+                       f"model._target_=mylab.models.ResidualMLP +model.width=8 agents=4 rounds=2 algorithm=dsgd "
+                       f"run.progress=false run.dir={run_dir}",
+            runtime_env={"working_dir": str(ROOT / "examples")},
         )
         for attempt in range(60):  # the job agent comes up a few seconds after the head
             try:
@@ -52,5 +53,7 @@ def test_a_submitted_job_runs_an_experiment(tmp_path, monkeypatch):
         assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-2000:]
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["agents"] == 4 and summary["bytes_total"] > 0
+        # ResidualMLP(width=8, blocks=2) on 64 inputs and 4 classes: stem, 2 × (up, down), head
+        assert summary["model_bytes"] == 4 * ((64 * 8 + 8) + 2 * ((8 * 16 + 16) + (16 * 8 + 8)) + (8 * 4 + 4))
     finally:
         ray.shutdown()

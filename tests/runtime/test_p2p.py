@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dimat.experiment import run
+from dimat import run
 from dimat.runtime.p2p import host_plans, reply_plans
 
 

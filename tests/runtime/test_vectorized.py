@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dimat.experiment import ConfigError, run
+from dimat import ConfigError, run
 
 
 @pytest.mark.parametrize("extra", [
@@ -15,7 +15,7 @@ from dimat.experiment import ConfigError, run
     ("algorithm=qgm",),  # momentum rows rebuilt after each merge
 ])
 def test_vectorized_matches_per_agent_training(tiny, tmp_path, extra):
-    common = ("backend=inprocess", "agents=4", "rounds=3", "topology=ring", "algorithm.optimizer=msgd", *extra)
+    common = ("backend=inprocess", "agents=4", "rounds=3", "topology=ring", "algorithm.optimizer.name=msgd", *extra)
     a = run(tiny(*common, f"run.dir={tmp_path}/loop"))
     b = run(tiny(*common, "backend.vectorize=true", f"run.dir={tmp_path}/vmap"))
     for ra, rb in zip(a.records, b.records):
@@ -35,7 +35,7 @@ def test_vectorized_conv_model_with_layernorm(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("bad,message", [(("data=digits", "model=cnn"), "model.norm=ln"),
-                                         (("algorithm.optimizer=adam",), "sgd|msgd")])
+                                         (("algorithm.optimizer.name=adam",), "sgd|msgd")])
 def test_vectorized_refuses_what_it_cannot_batch(tiny, bad, message):
     with pytest.raises(ConfigError, match=message):
         run(tiny("backend=inprocess", "backend.vectorize=true", *bad))

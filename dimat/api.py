@@ -1,0 +1,202 @@
+"""The Python API: the CLI's config and behaviour, from Python.
+
+    import dimat
+
+    cfg = dimat.compose(["algorithm=dsgd", "agents=8", "backend=inprocess"])  # what `python -m dimat ...` composes
+    result = dimat.run(cfg)                                   # -> Result(run_dir, summary, records)
+    result = dimat.run(cfg, model=MyNet, dataset=my_data)     # objects instead of their config groups
+    result = dimat.run({"agents": 3, "algorithm": "dsgd"})    # a mapping: group choices and values
+    result = dimat.resume("outputs/2026-12-02/10-00-00", ["rounds=20"])
+
+Bad input raises :class:`ConfigError` with the one line the CLI prints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dimat.components import ConfigError, setup
+from dimat.config import GROUPS, register
+from dimat.experiment import Result, execute
+from dimat.metrics import flatten_dict
+from dimat.runtime import checkpoint
+
+# settings a resumed run may change: more rounds continue the run; the rest only affects how it is watched
+RESUMABLE = ("rounds", "eval.every", "eval.batch_size", "eval.before_merge", "run.progress", "run.checkpoint_every",
+             "run.on_failure", "backend.timeout_s")
+
+
+def conf_dir() -> Path:
+    """The config folder: shipped inside the package (a wheel), or `conf/` beside it (a checkout)."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "conf", here.parent / "conf"):
+        if (d / "config.yaml").is_file():
+            return d
+    raise FileNotFoundError(f"dimat's config folder is missing (looked in {here / 'conf'} and {here.parent / 'conf'})")
+
+
+def compose(overrides: Sequence[str] = (), *, config_dir: str | os.PathLike | None = None) -> DictConfig:
+    """The config `python -m dimat <overrides>` composes (same defaults, same checks).
+
+    `config_dir`: a folder of your own option YAMLs searched too (the CLI's `-cd DIR`), e.g.
+    `myconf/algorithm/trimmed_mean.yaml` for `algorithm=trimmed_mean`.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register()
+    overrides = list(overrides)
+    if config_dir is not None:
+        overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside a Hydra app (the CLI): its search path
+            return hydra_compose(config_name="config", overrides=overrides)
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except Exception as e:  # noqa: BLE001 - Hydra's and OmegaConf's composition errors
+        if type(e).__module__.split(".")[0] not in ("hydra", "omegaconf"):
+            raise
+        raise ConfigError(explain(e)) from e
+
+
+def explain(e: BaseException) -> str:
+    """A Hydra/OmegaConf composition error as one line naming the setting and the fix."""
+    text, cause = str(e), e.__cause__
+    first = text.splitlines()[0] if text else type(e).__name__
+    if first.startswith("Could not override '") and cause is not None:
+        key = first.split("'")[1]
+        owner = str(cause).splitlines()[0]
+        schema = owner.rsplit("'", 2)[-2] if owner.count("'") >= 4 else "its schema"
+        group = key.split(".")[0]
+        own = (f"; for your own component: {group}=custom {group}._target_=... +{key}=..."
+               if (conf_dir() / group / "custom.yaml").is_file() else "")
+        return f"{key} is not an option of this {group} ({schema}): drop it, or choose a {group} that takes it (see conf/{group}/{own})"
+    if "Could not find '" in first:
+        missing = first.split("Could not find '")[1].split("'")[0]
+        group, _, name = missing.rpartition("/")
+        lines = text.splitlines()
+        options = [ln.strip() for ln in lines[lines.index(f"Available options in '{group}':") + 1:]
+                   if ln.startswith("\t")] if f"Available options in '{group}':" in lines else []
+        options = [o for o in options if not o.startswith("provider=")][:40]
+        return f"{group}={name} is unknown: use one of {', '.join(options) or '(none found)'}"
+    if first.startswith("Error merging override ") and cause is not None:
+        override = first[len("Error merging override "):]
+        return f"{override}: {str(cause).splitlines()[0]}"
+    return first
+
+
+def _as_config(cfg: Any) -> DictConfig | dict:
+    if cfg is None:
+        return compose()
+    if isinstance(cfg, DictConfig):
+        return cfg
+    if isinstance(cfg, Mapping):
+        return from_mapping(cfg)
+    if isinstance(cfg, Sequence) and not isinstance(cfg, str):
+        return compose(list(cfg))
+    raise TypeError(f"dimat.run takes a composed config, a mapping or a list of overrides, not {type(cfg).__name__}")
+
+
+def from_mapping(values: Mapping) -> DictConfig:
+    """A config from a mapping: a group given by a string picks that option, everything else is merged in
+    (checked by the schemas), e.g. {"algorithm": "dsgd", "agents": 3, "eval": {"every": 2}}."""
+    choices = [f"{k}={v}" for k, v in values.items() if (k in GROUPS or k == "experiment") and isinstance(v, str)]
+    rest = {k: v for k, v in values.items() if not ((k in GROUPS or k == "experiment") and isinstance(v, str))}
+    cfg = compose(choices)
+    try:
+        return OmegaConf.merge(cfg, rest) if rest else cfg
+    except Exception as e:  # noqa: BLE001 - a key no schema has, a value of the wrong type
+        raise ConfigError(explain(e).replace("\n", " ")) from e
+
+
+def to_plain(cfg: DictConfig | Mapping) -> dict:
+    """A resolved plain-container config (what components and actors receive)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True)
+
+
+def run(cfg: DictConfig | Mapping | Sequence[str] | None = None, *, model=None, dataset=None, algorithm=None,
+        topology=None) -> Result:
+    """Run one experiment and return its folder, summary and per-round records.
+
+    `cfg`: a config from `compose` (None: the defaults), a mapping (see `from_mapping`) or a list of
+    overrides. Objects replace their config group: `model` a factory called as
+    `model(input_shape=..., num_classes=...)`, `dataset` a `dimat.data.Dataset`, `algorithm` a zero-argument
+    factory of an `Algorithm` (a class or a `functools.partial`), `topology` a networkx graph or a
+    `topologies.Topology`; the run's config.yaml records their import paths. With `cfg.resume` set, the run
+    continues that folder (see `resume`).
+    """
+    cfg = _as_config(cfg)
+    objects = {"model": model, "dataset": dataset, "algorithm": algorithm, "topology": topology}
+    c = to_plain(cfg)
+    if c.get("resume"):
+        return resume(c["resume"], changes=_changed(c), **objects)
+    return execute(setup(c, **objects))
+
+
+def _changed(c: dict) -> dict[str, Any]:
+    """The settings a config changes relative to a plain `resume=DIR` (what the user asked to change)."""
+    base = flatten_dict(to_plain(compose([f"resume={c['resume']}"])))
+    mine = flatten_dict(c)
+    return {k: v for k, v in mine.items() if k not in ("resume", "run.dir") and base.get(k, ...) != v}
+
+
+def resume(run_dir: str | os.PathLike, overrides: Sequence[str] = (), *, changes: Mapping[str, Any] | None = None,
+           **objects) -> Result:
+    """Continue the run in `run_dir` from its last checkpoint, with its own config.yaml.
+
+    `overrides` ("key=value") may change only `RESUMABLE` settings — more `rounds` continue the run;
+    anything else is refused, as is fewer rounds than the checkpoint holds. Objects passed to the original
+    `dimat.run` must be passed again (its config records only their import paths).
+    """
+    folder = Path(run_dir).resolve()
+    path = folder / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"resume={run_dir}: no config.yaml there; pass the folder of a dimat run")
+    saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    wanted = dict(changes or {})
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if not sep:
+            raise ConfigError(f"resume override {o!r}: write key=value")
+        wanted[key.lstrip("+")] = _parse(value)
+    flat = flatten_dict(saved)
+    for key, value in wanted.items():
+        if flat.get(key, ...) == value:
+            continue
+        if key not in RESUMABLE:
+            was = flat.get(key, "(not set)")
+            raise ConfigError(f"resume={run_dir}: {key} cannot change when a run resumes (it was {was}); only "
+                              f"{', '.join(RESUMABLE)} may: start a new run for anything else")
+        node = saved
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    done = checkpoint.saved_round(folder)
+    if done is not None and saved["rounds"] < done:
+        raise ConfigError(f"resume={run_dir}: rounds={saved['rounds']} but the checkpoint is at round {done}: "
+                          f"give rounds >= {done}")
+    for group, obj in (("data", "dataset"), ("model", "model"), ("algorithm", "algorithm"), ("topology", "topology")):
+        if saved.get(group, {}).get("_target_", "") is None and objects.get(obj) is None:
+            raise ConfigError(f"resume={run_dir}: this run's {group} was an object passed to dimat.run(); resume it "
+                              f"from Python with dimat.resume(DIR, {obj}=...)")
+    saved["run"]["dir"], saved["resume"] = str(folder), None
+    return execute(setup(saved, **{k: v for k, v in objects.items() if v is not None}), resume=True)
+
+
+def _parse(value: str) -> Any:
+    """An override's value as Hydra would type it (numbers, booleans, null, lists), else the string."""
+    import yaml
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value

@@ -1,0 +1,378 @@
+"""Components from the config: every group's `_target_` built once on the driver and checked.
+
+`setup(cfg)` turns a composed config into a :class:`Setup` — the dataset, the
+shards, the topology, the driver's algorithm, the schedule, and the factories
+the agent hosts build their agents from (`HostSpec`) — or raises
+:class:`ConfigError` with one line naming the setting and the fix, before
+anything is written or any host starts. Every user component goes through the
+same path as a built-in: its `_target_` is imported, its keys are checked
+against its signature, it is called with the runtime arguments dimat supplies,
+and what it returns is checked (a `Dataset`, disjoint shards, a connected
+topology, a model whose outputs have one column per class and whose
+permutation spec passes its self-test, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+import topologies
+from dimat.algorithms import Algorithm
+from dimat.config import FRAMEWORK_KEYS, MergeConf, PeriodicConf
+from dimat.data import Dataset, check_parts, class_histogram, prepare_dataset
+from dimat.flat import FlatLayout
+from dimat.runtime.host import HostSpec, build_agent_model
+from dimat.schedule import Ledger, Schedule
+
+DEFAULT_MERGE = asdict(MergeConf())
+DEFAULT_SCHEDULE = {k: v for k, v in asdict(PeriodicConf()).items()}
+RESERVED = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message (one line) names the setting and the fix."""
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+# --------------------------------------------------------------------------- _target_ nodes
+def locate(group: str, node: dict) -> Callable:
+    """The callable a group node's `_target_` names."""
+    from hydra.utils import get_object
+
+    target = node.get("_target_")
+    if not target or target == "???":
+        raise ConfigError(f"{group}._target_ is missing: set {group}._target_=pkg.module.Name")
+    try:
+        obj = get_object(target)
+    except Exception as e:  # noqa: BLE001 - ImportError, AttributeError, or anything the module raises
+        cause = e.__cause__ or e
+        raise ConfigError(f"{group}._target_={target} cannot be imported ({type(cause).__name__}: "
+                          f"{one_line(cause)}): check the name, and that its module is importable (the working "
+                          "directory or PYTHONPATH)") from e
+    if not callable(obj):
+        raise ConfigError(f"{group}._target_={target} is not callable: name a class or a function")
+    return obj
+
+
+def _nested(value: Any) -> Any:
+    """Nested `_target_` nodes inside a component's keys are built (Hydra's instantiate)."""
+    if isinstance(value, dict) and "_target_" in value:
+        from hydra.utils import instantiate
+
+        return instantiate(value, _convert_="all")
+    if isinstance(value, dict):
+        return {k: _nested(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nested(v) for v in value]
+    return value
+
+
+def factory(group: str, node: dict, runtime: tuple[str, ...] = ()) -> functools.partial:
+    """A partial of the node's target with its own keys (Hydra's `instantiate(node, _partial_=True)`, less
+    the group's FRAMEWORK_KEYS); the `runtime` keywords are dimat's to supply. Keys the target does not
+    take are refused here (a `_target_` swapped under another option's keys, or a key forced in with `+`)."""
+    if node.get("_partial_") is False and runtime:
+        raise ConfigError(f"{group}._partial_=false: dimat calls the {group} with {', '.join(runtime)}; "
+                          f"leave _partial_ true")
+    target = locate(group, node)
+    keys = {k: v for k, v in node.items() if k not in RESERVED and k not in FRAMEWORK_KEYS.get(group, ())}
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        sig = None
+    if sig is not None and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        unknown = [k for k in keys if k not in sig.parameters]
+        if unknown:
+            raise ConfigError(
+                f"{group}.{unknown[0]} is not an argument of {node['_target_']}: drop it, or start from "
+                f"{group}=custom {group}._target_={node['_target_']} and add its own keys with +{group}.KEY=VALUE"
+            )
+    try:
+        return functools.partial(target, **_nested(keys))
+    except Exception as e:  # noqa: BLE001 - a nested target that fails
+        raise ConfigError(f"{group}: {one_line(e)}") from e
+
+
+def call(group: str, fn: Callable, *args, **kwargs) -> Any:
+    """Call a component; its error becomes one line (a user component's named by its target)."""
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as e:  # the component's own message names its setting
+        raise ConfigError(one_line(e)) from e
+    except Exception as e:  # noqa: BLE001 - anything a user's component raises
+        raise ConfigError(f"{group}: {_name(fn)} raised {type(e).__name__}: {one_line(e)}") from e
+
+
+def _name(fn: Callable) -> str:
+    f = fn.func if isinstance(fn, functools.partial) else fn
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', repr(f))}"
+
+
+def _target_class(fn: Callable):
+    f = fn.func if isinstance(fn, functools.partial) else fn
+    return f if inspect.isclass(f) else None
+
+
+def describe(obj: Any) -> dict:
+    """The config node that records an object passed to `dimat.run` (its import path, a partial's keywords)."""
+    if isinstance(obj, functools.partial):
+        return {"_target_": _name(obj), **obj.keywords}
+    if callable(obj):
+        return {"_target_": _name(obj)}
+    return {"_target_": None, "object": repr(obj)[:200]}
+
+
+# --------------------------------------------------------------------------- the setup
+@dataclass
+class Setup:
+    """Everything built from the config before a run starts (nothing written yet)."""
+
+    cfg: dict  # the resolved config (what config.yaml records)
+    dataset: Dataset
+    parts: list[np.ndarray]
+    hist: np.ndarray
+    topology: Any
+    algorithm: Algorithm  # the driver's instance: options checked, exchanges priced, server phases aggregated
+    host: HostSpec  # what every agent host builds its agents from
+    backend: Callable  # backend factory(spec, dataset, parts)
+    schedule: Ledger | None
+    steps_per_round: int
+    pretrain_steps: int
+    centralized: bool
+    state_bytes: int  # one exchange along one edge (all neighbour phases)
+    model_bytes: int  # one model state alone (float32 parameters and statistics)
+    perm_spec: Any  # the permutation spec when the algorithm merges by permutations (aligns the final merge)
+    labels: dict[str, str]
+
+
+def epochs_to_steps(epochs: float, parts: list[np.ndarray], batch_size: int) -> int:
+    """Steps for `epochs` passes over the mean shard: all agents step in lockstep."""
+    return max(1, math.ceil(epochs * float(np.mean([len(q) for q in parts])) / batch_size))
+
+
+def _check_scalars(c: dict) -> None:
+    checks = [
+        (c["agents"] >= 2, f"agents={c['agents']}: a decentralized run needs at least 2 agents"),
+        (c["rounds"] >= 1, f"rounds={c['rounds']} must be >= 1"),
+        (c["batch_size"] >= 1, f"batch_size={c['batch_size']} must be >= 1"),
+        (c["eval"]["every"] >= 1, f"eval.every={c['eval']['every']} must be >= 1"),
+        (c["eval"]["batch_size"] >= 1, f"eval.batch_size={c['eval']['batch_size']} must be >= 1"),
+        (c["eval"]["max_samples"] is None or c["eval"]["max_samples"] >= 1,
+         f"eval.max_samples={c['eval']['max_samples']} must be >= 1 (or null: the full test set)"),
+        (c["local_epochs"] is None or c["local_epochs"] > 0, f"local_epochs={c['local_epochs']} must be > 0"),
+        (c["local_steps"] is None or c["local_steps"] >= 1, f"local_steps={c['local_steps']} must be >= 1"),
+        (not (c["local_epochs"] and c["local_steps"]),
+         f"local_epochs={c['local_epochs']} and local_steps={c['local_steps']}: set one of them"),
+        (c["pretrain_epochs"] is None or c["pretrain_epochs"] >= 0,
+         f"pretrain_epochs={c['pretrain_epochs']} must be >= 0"),
+        (c["init"] in ("auto", "independent", "shared"), f"init={c['init']} is unknown: use auto, independent or shared"),
+        (c["run"]["on_failure"] in ("restart", "drop", "stop"),
+         f"run.on_failure={c['run']['on_failure']} is unknown: use restart, drop or stop"),
+        (c["run"]["checkpoint_every"] >= 0, f"run.checkpoint_every={c['run']['checkpoint_every']} must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _algorithm(c: dict, given: Callable | None) -> tuple[Algorithm, Callable]:
+    """The driver's algorithm and the factory hosts build theirs from; the merge group resolved."""
+    make = given if given is not None else factory("algorithm", c["algorithm"], runtime=("merge",))
+    cls = _target_class(make)
+    uses_merge = bool(getattr(cls or make, "uses_merge", False))
+    if uses_merge:
+        c["merge"] = {**DEFAULT_MERGE, **(c["merge"] or {})}
+        make = functools.partial(make, merge=dict(c["merge"]))
+    elif c["merge"] is not None:
+        changed = [k for k, v in c["merge"].items() if DEFAULT_MERGE.get(k, object()) != v]
+        if changed:
+            raise ConfigError(f"merge.{changed[0]}={c['merge'][changed[0]]}: {_name(make)} does not merge by "
+                              "permutations; merge options apply to algorithm=dimat: drop it")
+        c["merge"] = None
+    algorithm = call("algorithm", make)
+    if not isinstance(algorithm, Algorithm):
+        raise ConfigError(f"algorithm: {_name(make)} built a {type(algorithm).__name__}, not a subclass of "
+                          "dimat.algorithms.Algorithm")
+    return algorithm, make
+
+
+def _resolve(c: dict, algo: Algorithm) -> None:
+    """Fill the `auto`/null top-level settings from the algorithm, refusing what it cannot use."""
+    forced = algo.steps_per_round
+    if forced:
+        if c["local_epochs"] is not None or c["local_steps"] not in (None, forced):
+            raise ConfigError(f"algorithm={algo.label} communicates every step: leave local_steps and local_epochs "
+                              f"unset (a round is {forced} step)")
+        c["local_steps"] = forced
+    elif c["local_steps"] is None and c["local_epochs"] is None:
+        c["local_epochs"] = 1.0
+    if c["init"] == "auto":
+        c["init"] = algo.default_init
+    if c["pretrain_epochs"] is None:
+        c["pretrain_epochs"] = 5.0 if c["init"] == "independent" else 0.0
+    centralized = algo.label == "centralized"
+    if c["final_merge"] is None:
+        c["final_merge"] = algo.communicates
+    elif c["final_merge"] and centralized:
+        raise ConfigError("final_merge=true: algorithm=centralized trains one model, there is nothing to merge")
+    if not algo.communicates:
+        budget = {k: v for k, v in c["budget"].items() if v is not None}
+        if budget:
+            raise ConfigError(f"budget.{next(iter(budget))}: algorithm={algo.label} does not communicate: drop it")
+        if c["schedule"] is not None and c["schedule"] != DEFAULT_SCHEDULE:
+            raise ConfigError(f"schedule: algorithm={algo.label} does not communicate, so it has no schedule: "
+                              "drop the schedule override")
+        c["schedule"] = None
+    servers = [p for p in algo.phases if p.kind == "server"]
+    if algo.communicates and servers:
+        budget = {k: v for k, v in c["budget"].items() if v is not None}
+        if budget:
+            raise ConfigError(f"algorithm={algo.label} averages through a server and takes no budget: drop "
+                              f"budget.{next(iter(budget))}, space its rounds with the schedule (e.g. schedule.every)")
+        if c["backend"].get("comm") == "torch":
+            raise ConfigError(f"algorithm={algo.label} exchanges through a server (the driver); backend.comm=torch "
+                              "moves neighbour messages only: use backend.comm=object_store")
+
+
+def _dataset(c: dict, given: Dataset | None) -> Dataset:
+    d = c["data"]
+    raw = given if given is not None else call("data", factory("data", d))
+    ds = call("data", prepare_dataset, raw, train_samples=d.get("train_samples"), test_samples=d.get("test_samples"),
+              seed=c["seed"])
+    k = c["eval"]["max_samples"]
+    if k:
+        keep = np.sort(np.random.default_rng(c["seed"]).permutation(len(ds.y_test))[: min(k, len(ds.y_test))])
+        ds = replace(ds, x_test=ds.x_test[keep], y_test=ds.y_test[keep])
+    return ds
+
+
+def _topology(c: dict, given: Any) -> Any:
+    n, t = c["agents"], c["topology"]
+    out = given if given is not None else call("topology", factory("topology", t, runtime=("n",)), n)
+    weights = t.get("weights")
+    if isinstance(out, (topologies.Topology, topologies.TimeVarying)):
+        if weights not in (None, "uniform"):
+            raise ConfigError(f"topology.weights={weights}: the topology brings its own mixing matrix: drop it")
+        return call("topology", topologies.validate, out, n_expected=n)
+    import networkx as nx
+
+    if not isinstance(out, (nx.Graph, nx.DiGraph)):
+        raise ConfigError(f"topology: the builder returned {type(out).__name__}: return a networkx graph or a "
+                          "topologies.Topology")
+    name = (t.get("_target_") or "graph").rsplit(".", 1)[-1]
+    return call("topology", topologies.from_graph, out, weights or "uniform", name=name, n=n)
+
+
+def _model_check(make: Callable, ds: Dataset, example: torch.Tensor) -> torch.nn.Module:
+    model = call("model", make, input_shape=ds.input_shape, num_classes=ds.num_classes)
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model: {_name(make)} returned {type(model).__name__}, not a torch.nn.Module")
+    try:
+        out = model.eval()(example)
+    except Exception as e:  # noqa: BLE001 - the model cannot run on this data
+        raise ConfigError(f"model: {_name(make)} fails on inputs of shape {tuple(example.shape)} "
+                          f"({type(e).__name__}: {one_line(e)})") from e
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(example), ds.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model: {_name(make)} returns {shape} for {len(example)} inputs: dimat needs logits of "
+                          f"shape ({len(example)}, num_classes={ds.num_classes})")
+    return model
+
+
+def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None = None,
+          algorithm: Callable | None = None, topology: Any = None) -> Setup:
+    """Validate the config and build every component; raise ConfigError on bad input (nothing is written)."""
+    c = cfg
+    _check_scalars(c)
+    from dimat.loggers import check_logger
+
+    try:
+        check_logger(c["logger"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    algo, make_algorithm = _algorithm(c, algorithm)
+    _resolve(c, algo)
+    labels = {"algorithm": algo.label}
+    if algorithm is not None:
+        c["algorithm"] = describe(algorithm)
+    ds = _dataset(c, dataset)
+    if dataset is not None:
+        c["data"] = {**describe(dataset), "name": ds.name, **{k: c["data"].get(k) for k in FRAMEWORK_KEYS["data"]}}
+    labels["data"] = ds.name
+    n = c["agents"]
+    p = c["partition"]
+    split = factory("partition", p, runtime=("labels", "n_agents"))
+    parts = call("partition", check_parts, call("partition", split, ds.y_train, n), len(ds.y_train), n,
+                 _name(split).rsplit(".", 1)[-1])
+    labels["partition"] = _name(split).rsplit(".", 1)[-1]
+    hist = class_histogram(ds.y_train, parts, ds.num_classes)
+    topo = _topology(c, topology)
+    if topology is not None:
+        c["topology"] = describe(topology)
+    labels["topology"] = topo.name
+    make_model = model if model is not None else factory("model", c["model"], runtime=("input_shape", "num_classes"))
+    if model is not None:
+        c["model"] = describe(model)
+    labels["model"] = _name(make_model).rsplit(".", 1)[-1]
+    steps = c["local_steps"] or epochs_to_steps(c["local_epochs"], parts, c["batch_size"])
+    pretrain = epochs_to_steps(c["pretrain_epochs"], parts, c["batch_size"]) if c["pretrain_epochs"] else 0
+
+    # one agent on the driver, built as every host will build its own: the model runs on the data,
+    # the optimizer accepts its settings, the algorithm prepares it (a permutation spec derives and self-tests)
+    host = HostSpec(model=make_model, algorithm=make_algorithm, batch_size=c["batch_size"], seed=c["seed"],
+                    independent_init=c["init"] == "independent", eval_batch_size=c["eval"]["batch_size"])
+    example = torch.from_numpy(np.ascontiguousarray(ds.x_train[:2]))
+    torch.manual_seed(c["seed"])
+    _model_check(make_model, ds, example)
+    from dimat.agent import Agent
+
+    agent = call("algorithm", Agent, 0, build_agent_model(host, ds, 0), ds.x_train, ds.y_train, parts[0],
+                 batch_size=c["batch_size"], optimizer=algo.optimizer, seed=0)
+    call("algorithm", algo.start, ds, c["seed"], "cpu")
+    call("algorithm", algo.prepare, agent, example)
+    layout = agent.layout
+    perm_spec = getattr(algo, "spec", None) if algo.uses_merge else None
+
+    b = c["backend"]
+    if b.get("vectorize"):
+        from dimat.runtime.vectorized import check_vectorizable
+
+        if type(algo).train is not Algorithm.train:
+            raise ConfigError(f"algorithm={algo.label} takes its own local steps (it overrides Algorithm.train): "
+                              "set backend.vectorize=false")
+        call("backend", check_vectorizable, layout, algo.optimizer["name"])
+    backend = factory("backend", b, runtime=("spec", "dataset", "parts"))
+    labels["backend"] = getattr(_target_class(backend), "name", None) or _name(backend).rsplit(".", 1)[-1]
+    state_bytes = 4 * algo.payload_floats(layout)
+    schedule = None
+    if algo.communicates:
+        sched = call("schedule", factory("schedule", c["schedule"]))
+        if not isinstance(sched, Schedule):
+            raise ConfigError(f"schedule: {c['schedule'].get('_target_')} built a {type(sched).__name__}, not a "
+                              "subclass of dimat.schedule.Schedule")
+        unknown = sorted(set(sched.needs) - {"consensus", "drift"})
+        if unknown:
+            raise ConfigError(f"schedule: {c['schedule'].get('_target_')} needs {unknown[0]!r}, which dimat does not "
+                              "measure: use consensus and/or drift")
+        budget = c["budget"]
+        schedule = call("budget", Ledger, sched, state_bytes, bytes=budget["bytes"], exchanges=budget["exchanges"])
+        host = replace(host, track_sent="drift" in sched.needs)
+    return Setup(
+        cfg=c, dataset=ds, parts=parts, hist=hist, topology=topo, algorithm=algo, host=host, backend=backend,
+        schedule=schedule, steps_per_round=steps, pretrain_steps=pretrain, centralized=labels["algorithm"] == "centralized",
+        state_bytes=state_bytes, model_bytes=4 * layout.size, perm_spec=perm_spec, labels=labels,
+    )

@@ -1,0 +1,208 @@
+"""One exchange: the algorithm's phases run over the plan, on any transport.
+
+Driver side, `run_exchange` walks `algorithm.phases` (see `dimat.algorithms.base`):
+
+- ``gossip``: the hosts of the planned senders `publish` each sender's message
+  once (an object-store reference with Ray, the array in-process); every host
+  then `deliver`s to its receivers the messages their rows name.
+- ``reply``: the replies the previous phase returned, keyed (replier, owner),
+  are delivered to their owners along the reversed rows.
+- ``server``: every agent's message goes to the driver, the driver's algorithm
+  aggregates them, and the result is delivered to every agent.
+
+With ``backend.comm=torch`` the neighbour phases of an exchange run inside one
+call per host (`exchange_p2p`), their messages moved by torch.distributed
+point-to-point sends (`dimat.runtime.p2p`). Either way the host side is the
+same `_receive`: it calls the phase's handler for each receiver, resets the
+optimizer after a merge when ``opt_state=reset``, rolls an agent whose
+weights turn non-finite back, and reports every transfer it received.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dimat.algorithms.base import SERVER, Received
+from dimat.runtime.ops import rolled_back
+
+Rows = dict[int, tuple[float, list[tuple[int, float]]]]  # receiver -> (self weight, [(source, weight)])
+
+
+# --------------------------------------------------------------------------- host side
+def _messages(host, k: int, ids) -> dict[int, np.ndarray]:
+    """Phase k's messages of the hosted agents `ids`, as contiguous float32 arrays."""
+    algo = host.algorithm
+    send = getattr(algo, algo.phases[k].send)
+    out = {}
+    for i in ids:
+        msg = np.ascontiguousarray(send(host.agents[i]), dtype=np.float32)
+        expected = algo.message_floats(k, host.agents[i].layout)
+        if msg.ndim != 1 or msg.size != expected:
+            raise ValueError(f"{algo.label}.{algo.phases[k].send} made a message of shape {msg.shape}; "
+                             f"message_floats({k}) declares {expected} float32 values")
+        out[i] = msg
+    if host.spec.track_sent:
+        host.last_sent.update({i: v[: host.agents[i].layout.size].copy() for i, v in out.items()})
+    return out
+
+
+def publish(host, k: int, ids: list[int]) -> dict:
+    """Handles to phase k's messages of the hosted agents `ids` (each made once)."""
+    return host.put(_messages(host, k, ids))
+
+
+def deliver(host, k: int, rows: Rows, handles: dict) -> dict:
+    """Phase k for this host's receivers: fetch what `rows` names and hand it to the phase's handler."""
+    out = _receive(host, k, rows, host.fetch(handles))
+    out["replies"] = host.put(out["replies"])
+    return out
+
+
+def _receive(host, k: int, rows: Rows, inbox: dict) -> dict:
+    algo = host.algorithm
+    phase = algo.phases[k]
+    last = k == len(algo.phases) - 1
+    handler = getattr(algo, phase.receive)
+    if k == 0:
+        host.received.clear()
+    ids = list(host.agents) if phase.every_agent else [i for i in rows if i in host.agents]
+    transfers, replies, back, merge_s = [], {}, [], 0.0
+    for i in ids:
+        a = host.agents[i]
+        self_w, row = rows.get(i, (1.0, []))
+        received = [Received(j, inbox[(j, i) if phase.kind == "reply" else j], w) for j, w in row]
+        transfers += [(r.source, i, int(r.state.nbytes)) for r in received]
+        if received:
+            host.received.add(i)
+        good = None
+        if last:  # what every algorithm needs after a merge, done here once
+            if i in host.received and algo.opt_state == "reset":
+                a.reset_optimizer()
+            good = a.vec.detach().clone()
+        t0 = time.perf_counter()
+        out = handler(a, self_w, received)
+        merge_s += time.perf_counter() - t0
+        if out:
+            replies.update({(i, j): _reply(algo, k, a, v) for j, v in out.items()})
+        if good is not None and rolled_back(a, good):
+            back.append(i)
+    return {"transfers": transfers, "merge_s": merge_s, "rolled_back": back, "replies": replies}
+
+
+def _reply(algo, k: int, agent, value) -> np.ndarray:
+    """A handler's reply to one source, checked against the next phase's declared message size."""
+    msg = np.ascontiguousarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=np.float32)
+    if k + 1 >= len(algo.phases) or algo.phases[k + 1].kind != "reply":
+        raise ValueError(f"{algo.label}.{algo.phases[k].receive} returned replies, but no reply phase follows it")
+    expected = algo.message_floats(k + 1, agent.layout)
+    if msg.ndim != 1 or msg.size != expected:
+        raise ValueError(f"{algo.label}.{algo.phases[k].receive} replied with shape {msg.shape}; "
+                         f"message_floats({k + 1}) declares {expected} float32 values")
+    return msg
+
+
+def exchange_p2p(host, plans: list[tuple[Rows, dict, dict]]) -> dict:
+    """Every neighbour phase of an exchange, remote messages by point-to-point sends: plans[k] is this host's
+    (rows, {host: keys to send it}, {host: keys to receive from it}) for phase k."""
+    from dimat.runtime import p2p
+
+    algo, layout = host.algorithm, host.layout()
+    total = {"transfers": [], "merge_s": 0.0, "rolled_back": []}
+    replies: dict = {}
+    for k, (rows, send_to, recv_from) in enumerate(plans):
+        size = algo.message_floats(k, layout)
+        if algo.phases[k].kind == "gossip":
+            local = {j for _, row in rows.values() for j, _ in row if j in host.agents}
+            outgoing = _messages(host, k, sorted(local.union(*send_to.values())))
+        else:  # the previous phase's replies: local ones directly, the others by message
+            outgoing = replies
+        res = _receive(host, k, rows, {**outgoing, **p2p.swap(outgoing, send_to, recv_from, size, host.device)})
+        replies = res.pop("replies")
+        total["transfers"] += res["transfers"]
+        total["merge_s"] += res["merge_s"]
+        total["rolled_back"] += res["rolled_back"]
+    return total
+
+
+# --------------------------------------------------------------------------- driver side
+@dataclass
+class Outcome:
+    """What one exchange did: (source, destination, bytes) transfers, handler time, agents rolled back."""
+
+    transfers: list = field(default_factory=list)
+    merge_s: float = 0.0
+    rolled_back: list = field(default_factory=list)
+
+    def add(self, results: list[dict]) -> None:
+        for res in results:
+            self.transfers += res["transfers"]
+            self.merge_s += res["merge_s"]
+            self.rolled_back += res["rolled_back"]
+
+
+def reverse_rows(rows: Rows) -> Rows:
+    """The rows of a reply phase: owner j hears back from every i that received j's message, with the
+    weight i gave it (and keeps its own self weight)."""
+    back: dict[int, list[tuple[int, float]]] = {}
+    for i, (_, row) in rows.items():
+        for j, w in row:
+            back.setdefault(j, []).append((i, w))
+    return {j: (rows[j][0] if j in rows else 1.0, sorted(src)) for j, src in back.items()}
+
+
+def _merge(dicts: list[dict]) -> dict:
+    out = {}
+    for d in dicts:
+        out.update(d)
+    return out
+
+
+def run_exchange(backend, algorithm, rows: Rows, alive: list[int], sizes: dict[int, int]) -> Outcome:
+    """Run the algorithm's phases over `rows` on every host; see the module docstring."""
+    phases = algorithm.phases
+    outcome = Outcome()
+    if backend.comm == "torch":
+        from dimat.runtime.p2p import host_plans, reply_plans
+
+        per_phase, prev = [], rows
+        for p in phases:
+            if p.kind == "gossip":
+                per_phase.append(host_plans(backend.groups, rows))
+                prev = rows
+            else:
+                back = reverse_rows(prev)
+                per_phase.append([({j: back[j] for j in g if j in back}, to, frm)
+                                  for g, (to, frm) in zip(backend.groups, reply_plans(backend.groups, prev))])
+        outcome.add(backend.run_each(exchange_p2p, [([pp[h] for pp in per_phase],) for h in range(len(backend.groups))]))
+        return outcome
+    replies: dict = {}
+    prev = rows
+    for k, p in enumerate(phases):
+        if p.kind == "server":
+            handles = _merge(backend.run_each(publish, [(k, [i for i in g if i in alive]) for g in backend.groups]))
+            payloads = backend.fetch(handles)
+            outcome.transfers += [(i, SERVER, int(v.nbytes)) for i, v in sorted(payloads.items())]
+            mean = np.ascontiguousarray(algorithm.aggregate(payloads, sizes), dtype=np.float32)
+            ref = backend.put(mean)
+            phase_rows = {i: (0.0, [(SERVER, 1.0)]) for i in alive}
+            args = [(k, {i: phase_rows[i] for i in g if i in phase_rows}, {SERVER: ref}) for g in backend.groups]
+        elif p.kind == "gossip":
+            senders = {j for _, row in rows.values() for j, _ in row}
+            handles = _merge(backend.run_each(publish, [(k, [j for j in g if j in senders]) for g in backend.groups]))
+            args = []
+            for g in backend.groups:
+                mine = {i: rows[i] for i in g if i in rows}
+                need = {j for _, row in mine.values() for j, _ in row}
+                args.append((k, mine, {j: handles[j] for j in need}))
+            prev = rows
+        else:
+            back = reverse_rows(prev)
+            args = [(k, {j: back[j] for j in g if j in back},
+                     {key: ref for key, ref in replies.items() if key[1] in g}) for g in backend.groups]
+        results = backend.run_each(deliver, args)
+        replies = _merge([res["replies"] for res in results])
+        outcome.add(results)
+    return outcome

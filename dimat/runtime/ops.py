@@ -1,0 +1,128 @@
+"""What a host does for the driver, besides messages and checkpoints: train, evaluate, measure.
+
+Each is a plain function `op(host, *args)` that the driver runs on every host
+with `backend.run(op, ...)`; the results come back in host order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dimat.agent import Agent, correct_by_class, predict
+from dimat.flat import as_tensor
+
+
+def rolled_back(agent: Agent, good: torch.Tensor) -> bool:
+    """If the agent's weights are not finite, put `good` back with a fresh optimizer; whether it did."""
+    if bool(torch.isfinite(agent.vec).all()):
+        return False
+    agent.load(good)
+    agent.reset_optimizer()
+    return True
+
+
+def train(host, steps: int) -> dict[int, float]:
+    """Every hosted agent's local work of a round; one that diverges (non-finite loss or weights) is
+    rolled back to its last good state with a fresh optimizer and reports a loss of +inf, so its
+    neighbours never see the bad state."""
+    algo = host.algorithm
+
+    def checked(a: Agent, good: torch.Tensor, loss: float) -> float:
+        if not (np.isfinite(loss) or len(a.indices) == 0):
+            a.load(good)
+            a.reset_optimizer()
+            return float("inf")
+        return float("inf") if rolled_back(a, good) else loss
+
+    if host.group is None or steps <= 0:
+        out = {}
+        for i, a in host.agents.items():  # one agent at a time: a single rollback copy is alive at once
+            good = a.vec.detach().clone()
+            algo.before_train(a)
+            out[i] = checked(a, good, algo.train(a, steps))
+        return out
+    goods = {}
+    for i, a in host.agents.items():
+        goods[i] = a.vec.detach().clone()
+        algo.before_train(a)
+    trained = host.group.train(steps)
+    return {i: checked(a, goods[i], trained[i]) for i, a in host.agents.items()}
+
+
+def evaluate(host) -> dict[int, np.ndarray]:
+    """Per agent: correct predictions per class on the test set."""
+    d = host.dataset
+    return {i: correct_by_class(a.predict(d.x_test, host.spec.eval_batch_size), d.y_test, d.num_classes)
+            for i, a in host.agents.items()}
+
+
+def evaluate_state(host, vec: np.ndarray) -> np.ndarray:
+    """Correct predictions per class of a given flat state (e.g. the average model)."""
+    model, flat = host.scratch_model()
+    flat.copy_(as_tensor(vec))
+    d = host.dataset
+    return correct_by_class(predict(model, d.x_test, host.spec.eval_batch_size, host.device), d.y_test, d.num_classes)
+
+
+def bn_stats(host, vec: np.ndarray, keys: list[str], samples: int) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """BatchNorm statistics of the model `vec` on each hosted agent's own data (nothing else leaves)."""
+    from dimat.merge import reset_bn
+
+    model, flat = host.scratch_model()
+    out = []
+    for a in host.agents.values():
+        flat.copy_(as_tensor(vec))
+        x = a.local_samples(samples)
+        reset_bn(model, x)
+        views = a.layout.views(flat)
+        out.append((len(x), {k: views[k].cpu().numpy().copy() for k in keys}))
+    return out
+
+
+def drift(host) -> dict[int, float]:
+    """‖x_i − x̂_i‖² since each agent last sent its state (schedules that need "drift")."""
+    out = {}
+    for i, a in host.agents.items():
+        d = a.state().astype(np.float64) - host.last_sent[i]
+        out[i] = float(d @ d)
+    return out
+
+
+def state_sum(host) -> np.ndarray:
+    """Sum of the hosted agents' flat states, in float64."""
+    return np.sum([a.state().astype(np.float64) for a in host.agents.values()], axis=0)
+
+
+def sq_distance(host, mean: np.ndarray, params_only: bool = True) -> dict[int, float]:
+    """‖x_i − x̄‖² per hosted agent (over the parameters by default)."""
+    out = {}
+    for i, a in host.agents.items():
+        n = a.layout.n_params if params_only else a.layout.size
+        diff = a.state()[:n].astype(np.float64) - mean[:n]
+        out[i] = float(diff @ diff)
+    return out
+
+
+def states(host) -> dict[int, np.ndarray]:
+    return {i: a.state().copy() for i, a in host.agents.items()}
+
+
+def ping(host) -> int:
+    return len(host.agents)
+
+
+def sees(host, folder: str) -> bool:
+    """Whether this host's node sees the run folder (it must be shared on a cluster)."""
+    return Path(folder).is_dir()
+
+
+def node(host) -> str:
+    """The Ray node this host runs on ('local' outside Ray)."""
+    if host.transport != "ray":
+        return "local"
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
