@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 import dimat  # noqa: E402
 from dimat import run  # noqa: E402
 
-RAY_ONLY = ("backend.address", "backend.agents_per_actor", "backend.num_cpus", "backend.threads_per_actor",
+RAY_ONLY = ("backend.address", "backend.agents_per_actor", "backend.num_cpus",
             "backend.placement", "backend.comm", "backend.gpus_per_actor", "backend.timeout_s")
 
 

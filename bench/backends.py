@@ -29,7 +29,7 @@ def main() -> None:
         f"data={a.data}", f"model={a.model}", f"agents={a.agents}", f"rounds={a.rounds}", "partition=iid",
         "topology=ring", "backend.num_cpus=2",
         # time the training and the exchange: evaluate once at the end, on 2,000 test images
-        f"eval.every={a.rounds}", "eval.max_samples=2000", "eval.before_merge=false", "final_merge=false",
+        f"eval.every={a.rounds}", "eval.max_samples=2000", "eval.before_merge=false", "final_merge.enabled=false",
         "run.checkpoint_every=0",
     ]
     if a.train_samples:

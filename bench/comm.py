@@ -29,7 +29,7 @@ def measure(hidden: str, comm: str, rounds: int, tmp: str) -> dict:
         "data=synthetic", "model=mlp", f"model.hidden={hidden}", "agents=8", "topology=ring", "algorithm=dsgd",
         "local_steps=1", f"rounds={rounds}", "backend=ray", "backend.num_cpus=2", "backend.agents_per_actor=1",
         f"backend.comm={comm}", "eval.every=1", "eval.max_samples=64", "eval.before_merge=false",
-        "final_merge=false", "run.checkpoint_every=0", "run.progress=false", f"run.dir={tmp}/{time.monotonic_ns()}",
+        "final_merge.enabled=false", "run.checkpoint_every=0", "run.progress=false", f"run.dir={tmp}/{time.monotonic_ns()}",
     ])
     res = run(cfg)
     recs = res.records[1:] or res.records  # the first exchange also warms up connections

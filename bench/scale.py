@@ -84,7 +84,7 @@ class PeakRSS:
 
 def measure(overrides: list[str], tmp: str) -> dict:
     cfg = compose_cfg([*overrides, f"run.dir={tmp}/{time.monotonic_ns()}", "run.progress=false",
-                       "run.checkpoint_every=0", "final_merge=false", "eval.before_merge=false"])
+                       "run.checkpoint_every=0", "final_merge.enabled=false", "eval.before_merge=false"])
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         res = run(cfg)

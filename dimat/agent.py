@@ -6,6 +6,8 @@ evaluates, and hands out or takes in its state as a flat float32 vector.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,8 @@ class Agent:
         optimizer: dict,  # {name, lr, momentum, weight_decay}: `Algorithm.optimizer`
         seed: int,
         device: str = "cpu",
+        label_smoothing: float = 0.0,
+        clip: float | None = None,
     ):
         self.index = index
         self.model = model.to(device)
@@ -63,7 +67,10 @@ class Agent:
         # optimizer step (gradient tracking adds its correction and accumulates here)
         self.grad_hook = None
         self.steps_done = 0  # optimizer steps taken so far
-        self.loss_fn = F.cross_entropy  # (model output, labels) -> scalar loss
+        # (model output, labels) -> scalar loss
+        self.loss_fn = (functools.partial(F.cross_entropy, label_smoothing=label_smoothing) if label_smoothing
+                        else F.cross_entropy)
+        self.clip = clip  # every gradient element clipped to [-clip, clip] before a step (None: no clipping)
         # (AgentGroup, row) when the host trains its agents as one batched computation
         # (backend.vectorize): the group then owns this agent's optimizer state
         self.group = None
@@ -116,6 +123,8 @@ class Agent:
             loss = self.loss_fn(self.model(xb), yb)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.clip is not None:
+                clip_([p.grad for p in self.params if p.grad is not None], self.clip)
             if self.grad_hook is not None:
                 self.grad_hook([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
             self.opt.step()
@@ -137,7 +146,7 @@ class Agent:
         if state is None:
             loss = self.loss_fn(self.model(xb), yb)
             grads = torch.autograd.grad(loss, self.params)
-            return torch.cat([g.reshape(-1) for g in grads]), float(loss.detach())
+            return self._clipped(torch.cat([g.reshape(-1) for g in grads])), float(loss.detach())
         n = self.layout.n_params
         full = as_tensor(state).to(self.device, copy=True)
         leaf = full[:n].clone().requires_grad_()
@@ -145,7 +154,10 @@ class Agent:
         tensors.update(zip(self._param_names, self.param_views(leaf)))
         loss = self.loss_fn(torch.func.functional_call(self.model, tensors, (xb,)), yb)
         (g,) = torch.autograd.grad(loss, leaf)
-        return g, float(loss.detach())
+        return self._clipped(g), float(loss.detach())
+
+    def _clipped(self, g: torch.Tensor) -> torch.Tensor:
+        return g if self.clip is None else g.clamp_(-self.clip, self.clip)
 
     def apply_gradient(self, flat: torch.Tensor) -> None:
         """One optimizer step with `flat` (parameter-sized) as the gradient."""
@@ -226,6 +238,13 @@ class Agent:
             return self.group[0].reset(self.group[1])
         self.opt = self._new_optimizer()
 
+
+
+def clip_(grads: list[torch.Tensor], value: float) -> None:
+    """In place: every element of every gradient into [-value, value]."""
+    if grads:
+        torch._foreach_clamp_min_(grads, -value)
+        torch._foreach_clamp_max_(grads, value)
 
 
 @torch.no_grad()

@@ -76,7 +76,8 @@ def explain(e: BaseException) -> str:
         group = key.split(".")[0]
         own = (f"; for your own component: {group}=custom {group}._target_=... +{key}=..."
                if (conf_dir() / group / "custom.yaml").is_file() else "")
-        return f"{key} is not an option of this {group} ({schema}): drop it, or choose a {group} that takes it (see conf/{group}/{own})"
+        return (f"{key} is not an option of this {group} ({schema}): drop it, or choose a {group} that takes it "
+                f"(see conf/{group}/{own})")
     if "Could not find '" in first:
         missing = first.split("Could not find '")[1].split("'")[0]
         group, _, name = missing.rpartition("/")

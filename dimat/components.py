@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -25,9 +26,9 @@ import numpy as np
 import torch
 
 import topologies
-from dimat.algorithms import Algorithm
+from dimat.algorithms import Algorithm, Centralized
 from dimat.config import FRAMEWORK_KEYS, MergeConf, PeriodicConf
-from dimat.data import Dataset, check_parts, class_histogram, prepare_dataset
+from dimat.data import Dataset, check_parts, class_histogram, prepare_dataset, stratified
 from dimat.flat import FlatLayout
 from dimat.runtime.host import HostSpec, build_agent_model
 from dimat.schedule import Ledger, Schedule
@@ -157,6 +158,8 @@ class Setup:
     model_bytes: int  # one model state alone (float32 parameters and statistics)
     perm_spec: Any  # the permutation spec when the algorithm merges by permutations (aligns the final merge)
     labels: dict[str, str]
+    post_topology: Any = None  # the topology of post-merge gossip rounds (final_merge.rounds > 0)
+    started: float = 0.0  # time.perf_counter() when setup began (start-up = data, checks, hosts)
 
 
 def epochs_to_steps(epochs: float, parts: list[np.ndarray], batch_size: int) -> int:
@@ -173,13 +176,16 @@ def _check_scalars(c: dict) -> None:
         (c["eval"]["batch_size"] >= 1, f"eval.batch_size={c['eval']['batch_size']} must be >= 1"),
         (c["eval"]["max_samples"] is None or c["eval"]["max_samples"] >= 1,
          f"eval.max_samples={c['eval']['max_samples']} must be >= 1 (or null: the full test set)"),
+        (c["eval"]["agents"] is None or c["eval"]["agents"] >= 1,
+         f"eval.agents={c['eval']['agents']} must be >= 1 (or null: every agent)"),
         (c["local_epochs"] is None or c["local_epochs"] > 0, f"local_epochs={c['local_epochs']} must be > 0"),
         (c["local_steps"] is None or c["local_steps"] >= 1, f"local_steps={c['local_steps']} must be >= 1"),
         (not (c["local_epochs"] and c["local_steps"]),
          f"local_epochs={c['local_epochs']} and local_steps={c['local_steps']}: set one of them"),
         (c["pretrain_epochs"] is None or c["pretrain_epochs"] >= 0,
          f"pretrain_epochs={c['pretrain_epochs']} must be >= 0"),
-        (c["init"] in ("auto", "independent", "shared"), f"init={c['init']} is unknown: use auto, independent or shared"),
+        (c["init"] in ("auto", "independent", "shared"),
+         f"init={c['init']} is unknown: use auto, independent or shared"),
         (c["run"]["on_failure"] in ("restart", "drop", "stop"),
          f"run.on_failure={c['run']['on_failure']} is unknown: use restart, drop or stop"),
         (c["run"]["checkpoint_every"] >= 0, f"run.checkpoint_every={c['run']['checkpoint_every']} must be >= 0"),
@@ -224,11 +230,20 @@ def _resolve(c: dict, algo: Algorithm) -> None:
         c["init"] = algo.default_init
     if c["pretrain_epochs"] is None:
         c["pretrain_epochs"] = 5.0 if c["init"] == "independent" else 0.0
-    centralized = algo.label == "centralized"
-    if c["final_merge"] is None:
-        c["final_merge"] = algo.communicates
-    elif c["final_merge"] and centralized:
-        raise ConfigError("final_merge=true: algorithm=centralized trains one model, there is nothing to merge")
+    fm = c["final_merge"]
+    if fm["enabled"] is None:
+        fm["enabled"] = algo.communicates
+    elif fm["enabled"] and isinstance(algo, Centralized):
+        raise ConfigError("final_merge.enabled=true: algorithm=centralized trains one model, there is nothing to merge")
+    if fm["rounds"] < 0 or (fm["rounds"] and not fm["enabled"]):
+        raise ConfigError(f"final_merge.rounds={fm['rounds']}: post-merge gossip rounds precede an enabled final "
+                          "merge; give rounds >= 0 with final_merge.enabled=true")
+    if fm["topology"] is not None and not fm["rounds"]:
+        raise ConfigError(f"final_merge.topology={fm['topology']} is the topology of post-merge rounds: set "
+                          "final_merge.rounds too")
+    if fm["rounds"] and algo.uses_merge:
+        raise ConfigError(f"final_merge.rounds={fm['rounds']}: post-merge rounds are plain gossip averaging, and "
+                          f"algorithm={algo.label}'s agents do not share one basis: use final_merge.rounds=0")
     if not algo.communicates:
         budget = {k: v for k, v in c["budget"].items() if v is not None}
         if budget:
@@ -251,13 +266,16 @@ def _resolve(c: dict, algo: Algorithm) -> None:
 def _dataset(c: dict, given: Dataset | None) -> Dataset:
     d = c["data"]
     raw = given if given is not None else call("data", factory("data", d))
-    ds = call("data", prepare_dataset, raw, train_samples=d.get("train_samples"), test_samples=d.get("test_samples"),
-              seed=c["seed"])
-    k = c["eval"]["max_samples"]
-    if k:
-        keep = np.sort(np.random.default_rng(c["seed"]).permutation(len(ds.y_test))[: min(k, len(ds.y_test))])
-        ds = replace(ds, x_test=ds.x_test[keep], y_test=ds.y_test[keep])
-    return ds
+    return call("data", prepare_dataset, raw, train_samples=d.get("train_samples"),
+                test_samples=d.get("test_samples"), seed=c["seed"])
+
+
+def eval_subsample(y_test: np.ndarray, k: int | None, seed: int) -> np.ndarray | None:
+    """The test indices evaluated during the run: `k` of them, class-stratified and seeded (None: all)."""
+    if not k or k >= len(y_test):
+        return None
+    kept, _ = stratified(np.arange(len(y_test)), y_test, k, np.random.default_rng([seed, 3301]))
+    return kept
 
 
 def _topology(c: dict, given: Any) -> Any:
@@ -296,6 +314,7 @@ def _model_check(make: Callable, ds: Dataset, example: torch.Tensor) -> torch.nn
 def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None = None,
           algorithm: Callable | None = None, topology: Any = None) -> Setup:
     """Validate the config and build every component; raise ConfigError on bad input (nothing is written)."""
+    started = time.perf_counter()
     c = cfg
     _check_scalars(c)
     from dimat.loggers import check_logger
@@ -334,14 +353,15 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None =
     # one agent on the driver, built as every host will build its own: the model runs on the data,
     # the optimizer accepts its settings, the algorithm prepares it (a permutation spec derives and self-tests)
     host = HostSpec(model=make_model, algorithm=make_algorithm, batch_size=c["batch_size"], seed=c["seed"],
-                    independent_init=c["init"] == "independent", eval_batch_size=c["eval"]["batch_size"])
+                    independent_init=c["init"] == "independent", eval_batch_size=c["eval"]["batch_size"],
+                    eval_index=eval_subsample(ds.y_test, c["eval"]["max_samples"], c["seed"]))
     example = torch.from_numpy(np.ascontiguousarray(ds.x_train[:2]))
     torch.manual_seed(c["seed"])
     _model_check(make_model, ds, example)
     from dimat.agent import Agent
 
     agent = call("algorithm", Agent, 0, build_agent_model(host, ds, 0), ds.x_train, ds.y_train, parts[0],
-                 batch_size=c["batch_size"], optimizer=algo.optimizer, seed=0)
+                 batch_size=c["batch_size"], optimizer=algo.optimizer, seed=0, **algo.training)
     call("algorithm", algo.start, ds, c["seed"], "cpu")
     call("algorithm", algo.prepare, agent, example)
     layout = agent.layout
@@ -368,11 +388,22 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None =
         if unknown:
             raise ConfigError(f"schedule: {c['schedule'].get('_target_')} needs {unknown[0]!r}, which dimat does not "
                               "measure: use consensus and/or drift")
+        if algo.mixing == "column" and type(sched).mix is not Schedule.mix:
+            raise ConfigError(f"schedule: {c['schedule'].get('_target_')} weights what each agent pulls 1/(k+1), "
+                              f"but algorithm={algo.label} needs column-stochastic (push-sum) weights: use a "
+                              "schedule that keeps the topology's weights")
         budget = c["budget"]
-        schedule = call("budget", Ledger, sched, state_bytes, bytes=budget["bytes"], exchanges=budget["exchanges"])
+        schedule = call("budget", Ledger, sched, state_bytes, bytes=budget["bytes"], exchanges=budget["exchanges"],
+                        seed=c["seed"])
         host = replace(host, track_sent="drift" in sched.needs)
+    post_topology = None
+    if c["final_merge"]["rounds"]:
+        name = c["final_merge"]["topology"]
+        post_topology = topo if name is None else call("final_merge", topologies.build, name, n)
     return Setup(
         cfg=c, dataset=ds, parts=parts, hist=hist, topology=topo, algorithm=algo, host=host, backend=backend,
-        schedule=schedule, steps_per_round=steps, pretrain_steps=pretrain, centralized=labels["algorithm"] == "centralized",
+        schedule=schedule, steps_per_round=steps, pretrain_steps=pretrain,
+        centralized=isinstance(algo, Centralized),
         state_bytes=state_bytes, model_bytes=4 * layout.size, perm_spec=perm_spec, labels=labels,
+        post_topology=post_topology, started=started,
     )

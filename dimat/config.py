@@ -252,6 +252,8 @@ class AlgorithmConf:
     _target_: str = MISSING
     _partial_: bool = True
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    label_smoothing: float = 0.0  # of the cross-entropy loss
+    clip: float | None = None  # clip every gradient element to [-clip, clip] before the step
 
 
 @dataclass
@@ -370,9 +372,11 @@ class RampConf(ScheduleConf):
     _target_: str = "dimat.schedule.Ramp"
     shape: str = "linear"  # linear | cosine
     direction: str = "up"  # up (sparse -> dense) | down
-    max_every: int = 8  # sparsest period (of=frequency)
     of: str = "frequency"  # frequency | degree
-    seed: int = SEED  # which neighbours are heard (of=degree)
+    max_every: int | None = None  # of=frequency: the sparsest period (null: 8)
+    low: float | None = None  # of=degree: neighbours pulled at the sparse end (null: 0)
+    high: float | None = None  # of=degree: neighbours pulled at the dense end (null: all of them)
+    seed: int = SEED  # which neighbours are pulled (of=degree)
 
 
 @dataclass
@@ -394,6 +398,29 @@ class EventConf(ScheduleConf):
 
 
 @dataclass
+class DegreeConf(ScheduleConf):
+    """The single-merge paper's budget r(p): extra neighbours pulled per agent per gossip round."""
+
+    _target_: str = "dimat.schedule.Degree"
+    rule: str = "fixed"  # fixed | linear | cosine | slow_decrease | slow_grow | truncate | truncate_v2
+    r_start: float = 1.0
+    r_end: float = 1.0  # reached at the final round by every rule but fixed
+    p1: float = 0.5  # truncate: the switch; truncate_v2: the window's start
+    window: float = 0.1  # truncate_v2: the window's width (progress units)
+    every: int = 1  # a gossip round every k rounds
+    seed: int = SEED  # which neighbours are pulled
+
+
+@dataclass
+class FinalMergeConf:
+    """The closing global merge of all agents, optionally after pure-gossip post-merge rounds."""
+
+    enabled: bool | None = None  # null: on when the algorithm communicates
+    rounds: int = 0  # gossip rounds (no training) before the global merge, on `topology`
+    topology: str | None = None  # a built-in topology for those rounds (null: the run's)
+
+
+@dataclass
 class BudgetConf:
     bytes: float | None = None  # total bytes all agents may send; null = unlimited
     exchanges: int | None = None  # or: total neighbour transfers
@@ -408,6 +435,7 @@ class BackendConf:
     _partial_: bool = True
     device: str = "auto"  # auto (a GPU when there is one) | cpu | cuda
     vectorize: bool = False  # a host's agents take their local steps as one batched (vmap) computation
+    threads: int | None = None  # torch threads (per actor with Ray); null: the CPUs free to this run
 
 
 @dataclass
@@ -421,7 +449,6 @@ class RayConf(BackendConf):
     address: str | None = None  # null: a private Ray on loopback; "auto", "ray://..", "host:port" join a cluster
     agents_per_actor: int | None = None  # null: spread agents over the CPUs available
     num_cpus: int | None = None  # CPUs of a local Ray instance (null: all)
-    threads_per_actor: int | None = None
     placement: str = "pack"  # pack | spread
     comm: str = "object_store"  # object_store | torch (torch.distributed point-to-point between actors)
     gpus_per_actor: float | None = None  # null: the cluster's GPUs shared evenly by the actors (fractions allowed)
@@ -431,10 +458,13 @@ class RayConf(BackendConf):
 # --------------------------------------------------------------------------- the rest
 @dataclass
 class EvalConf:
+    """Evaluation during the run is on a fixed class-stratified subsample; the final figures on the full test set."""
+
     every: int = 1  # evaluate every k rounds (and always at the end)
-    max_samples: int | None = None  # null: the full test set
-    batch_size: int = 1024
-    before_merge: bool = True  # also evaluate just before each merge (acc_before_merge)
+    max_samples: int | None = 2000  # the subsample evaluated during the run (null: the full test set)
+    agents: int | None = None  # evaluate K agents per evaluated round, rotating (null: every agent)
+    batch_size: int = 2048  # inference batch
+    before_merge: bool = True  # also evaluate (on the subsample) just before each merge: acc_before_merge
 
 
 @dataclass
@@ -456,7 +486,7 @@ class Config:
     local_epochs: float | None = None  # local epochs per round (null: 1, unless local_steps is set)
     local_steps: int | None = None  # local steps per round, instead of local_epochs
     batch_size: int = 32
-    final_merge: bool | None = None  # null: a final global merge when the algorithm communicates
+    final_merge: FinalMergeConf = field(default_factory=FinalMergeConf)
     resume: str | None = None  # a run folder to continue from its last checkpoint, with its own config
     logger: str = "none"  # none | tensorboard | mlflow: where per-round records also go
     data: Any = MISSING
@@ -486,7 +516,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
                   "cga": CgaConf, "gt": GtConf, "d2": D2Conf, "qgm": QgmConf, "fedavg": FedavgConf,
                   "local": LocalConf, "centralized": CentralizedConf, "base": ExchangingConf},
     "schedule": {"periodic": PeriodicConf, "late": LateConf, "window": WindowConf, "ramp": RampConf,
-                 "final_only": FinalOnlyConf, "consensus": ConsensusConf, "event": EventConf},
+                 "final_only": FinalOnlyConf, "consensus": ConsensusConf, "event": EventConf, "degree": DegreeConf},
     "backend": {"inprocess": InProcessConf, "ray": RayConf},
     "optimizer": {"default": OptimizerConf},
 }

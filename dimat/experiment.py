@@ -31,7 +31,7 @@ from dimat.runtime import checkpoint, ops
 from dimat.runtime.base import HostFailure
 from dimat.runtime.exchange import Outcome, run_exchange
 from dimat.runtime.host import build_agent_model
-from dimat.schedule import Progress, mixing_rows, plan_size
+from dimat.schedule import Progress, full_plan, mixing_rows, plan_size
 
 __all__ = ["ConfigError", "Driver", "HostFailure", "Result", "check_connected", "execute", "restrict_mixing"]
 
@@ -128,7 +128,12 @@ class Driver:
         self.algorithm = s.algorithm
         self.schedule = s.schedule
         self.ledger = ByteLedger(n)
-        self.test_counts = np.bincount(s.dataset.y_test, minlength=s.dataset.num_classes)
+        classes, idx = s.dataset.num_classes, s.host.eval_index
+        self.full_counts = np.bincount(s.dataset.y_test, minlength=classes)
+        # what the run is evaluated on: a fixed class-stratified subsample of the test set (eval.max_samples)
+        self.test_counts = self.full_counts if idx is None else np.bincount(s.dataset.y_test[idx], minlength=classes)
+        self.eval_samples = int(self.test_counts.sum())
+        self.eval_cursor = 0  # eval.agents: where the rotating subset of evaluated agents starts
         self.own = (np.ones((1, s.dataset.num_classes), bool) if s.centralized
                     else np.stack([own_classes(h) for h in s.hist]))
         self.sizes = {i: len(p) for i, p in enumerate(s.parts)}
@@ -138,6 +143,7 @@ class Driver:
 
     def run(self, resume: bool) -> Result:
         c, R = self.c, self.c["rounds"]
+        self.resumed = resume
         start = self.restore() if resume else None
         if start is None:
             start = 0
@@ -158,11 +164,22 @@ class Driver:
                 r = self.recover(failure, r) + 1
                 restarts += 1
         summary = _summarize(c, self.s, self.ledger, self.records)
-        if c["final_merge"]:
-            summary.update(_final_merge(c, self.s, self.backend, len(self.alive), self.test_counts))
+        if self.eval_samples < int(self.full_counts.sum()) or c["eval"]["agents"]:
+            # the final figures on the full test set and every agent, whatever eval.* chose during the run
+            final = _measure(self.backend, len(self.alive), self.full_counts, self.own, full=True)
+            summary.update({f"final_{k}": final[k] for k in ("acc_mean", "acc_min", "acc_max", "acc_avg_model")})
+        summary["final_eval_samples"] = int(self.full_counts.sum())
+        if c["final_merge"]["rounds"]:  # counted in bytes_total; transfers_per_agent stays the training budget
+            summary.update(self.post_merge(c["final_merge"]["rounds"]), bytes_total=self.ledger.total,
+                           bytes_per_agent_max=int(max(self.ledger.sent.max(), self.ledger.recv.max())))
+        if c["final_merge"]["enabled"]:
+            summary.update(_final_merge(c, self.s, self.backend, len(self.alive), self.full_counts))
         summary["host_restarts"] = restarts
         summary["nodes"] = len(set(self.backend.run(ops.node)))
-        summary["wall_s"] = time.perf_counter() - self.t_start
+        summary["wall_s"] = time.perf_counter() - self.t_start  # the rounds, evaluation and final merge
+        if self.s.started and not self.resumed:  # and everything before them: data, checks, starting the hosts
+            summary["startup_s"] = self.t_start - self.s.started
+            summary["total_s"] = time.perf_counter() - self.s.started
         self.writer.write_json("summary.json", summary)
         self.logger.summary(summary)
         self.display.final(summary, self.records, self.writer.dir)
@@ -181,7 +198,11 @@ class Driver:
             self.display.print(f"[yellow]round {r}: agents {rolled_back} diverged and were rolled back[/]")
         if not due:
             return
-        rec.update(_measure(backend, len(self.alive), self.test_counts, self.own))
+        ids = self.evaluated_agents()
+        rec.update(_measure(backend, len(self.alive), self.test_counts, self.own, ids=ids))
+        rec["eval_samples"] = self.eval_samples
+        if ids is not None:
+            rec["evaluated_agents"] = ids
         if len(self.alive) < self.n:
             rec["agents"] = self.alive
         rec.update(
@@ -209,16 +230,42 @@ class Driver:
             measured["consensus"] = rec["consensus_before_merge"] = _consensus(backend, n)[0]
         if "drift" in self.schedule.needs:
             measured["drift"] = _merge_dicts(backend.run(ops.drift))
-        if due and self.c["eval"]["before_merge"]:
-            rec["acc_before_merge"] = float(np.mean(_agent_acc(backend, self.test_counts)))
+        if due and self.c["eval"]["before_merge"]:  # the agents evaluated after the merge, on the same subsample
+            acc = _agent_acc(backend, self.test_counts, self.evaluated_agents(advance=False))
+            rec["acc_before_merge"] = float(np.mean(acc))
         plan = self.schedule.plan(progress, W, measured)
-        rows = mixing_rows(W, plan)
+        rows = self.schedule.mix(W, plan)
         t0 = time.perf_counter()
         outcome = (run_exchange(backend, algo, rows, self.alive, self.sizes)
                    if rows or any(p.every_agent for p in algo.phases) else Outcome())
         rec["exchange_s"] = time.perf_counter() - t0
         rec["bytes_round"] = self.ledger.add(outcome.transfers)
         return plan, outcome
+
+    def evaluated_agents(self, advance: bool = True) -> list[int] | None:
+        """The agents evaluated this round: all (None), or eval.agents of them, rotating through the alive ones."""
+        k = self.c["eval"]["agents"]
+        if not k or k >= len(self.alive):
+            return None
+        ids = sorted(self.alive[(self.eval_cursor + j) % len(self.alive)] for j in range(k))
+        if advance:
+            self.eval_cursor = (self.eval_cursor + k) % len(self.alive)
+        return ids
+
+    def post_merge(self, rounds: int) -> dict:
+        """Pure-gossip rounds (no training) on the post-merge topology before the global merge; bytes counted."""
+        top = self.s.post_topology
+        before = self.ledger.total
+        for t in range(rounds):
+            step = top.at(t) if isinstance(top, topologies.TimeVarying) else top
+            W = step.W if len(self.alive) == self.n else restrict_mixing(step.W, self.alive)
+            outcome = run_exchange(self.backend, self.algorithm, mixing_rows(W, full_plan(W)), self.alive, self.sizes,
+                                   plain=True)
+            self.ledger.add(outcome.transfers)
+        after = _measure(self.backend, len(self.alive), self.full_counts, self.own, full=True)
+        return {"post_merge_rounds": rounds, "bytes_post_merge": self.ledger.total - before,
+                "post_merge_acc_mean": after["acc_mean"], "post_merge_acc_avg_model": after["acc_avg_model"],
+                "post_merge_consensus": after["consensus"]}
 
     # -- checkpoints -------------------------------------------------------
     def checkpoint(self, r: int) -> None:
@@ -267,8 +314,8 @@ class Driver:
         return r
 
 
-def _agent_acc(backend, test_counts: np.ndarray) -> list[float]:
-    correct = _merge_dicts(backend.run(ops.evaluate))
+def _agent_acc(backend, test_counts: np.ndarray, ids: list[int] | None = None) -> list[float]:
+    correct = _merge_dicts(backend.run(ops.evaluate, False, ids))
     return [accuracy(correct[i], test_counts) for i in sorted(correct)]
 
 
@@ -279,13 +326,14 @@ def _consensus(backend, n: int) -> tuple[float, np.ndarray]:
     return float(np.mean(list(dists.values()))), mean
 
 
-def _measure(backend, n: int, test_counts: np.ndarray, own: np.ndarray) -> dict:
-    """Accuracies of every agent and of the average model, and the consensus distance."""
-    correct = _merge_dicts(backend.run(ops.evaluate))
+def _measure(backend, n: int, test_counts: np.ndarray, own: np.ndarray, *, full: bool = False,
+             ids: list[int] | None = None) -> dict:
+    """Accuracies of the agents `ids` (None: all) and of the average model, and the consensus distance."""
+    correct = _merge_dicts(backend.run(ops.evaluate, full, ids))
     acc = [accuracy(correct[i], test_counts) for i in correct]
     acc_own = [accuracy(correct[i], test_counts, own[i]) for i in correct]
     consensus, mean = _consensus(backend, n)
-    avg_correct = backend.run_one(0, ops.evaluate_state, mean.astype(np.float32))
+    avg_correct = backend.run_one(0, ops.evaluate_state, mean.astype(np.float32), full)
     return {
         "acc_mean": float(np.mean(acc)), "acc_min": float(np.min(acc)), "acc_max": float(np.max(acc)),
         "acc_avg_model": accuracy(avg_correct, test_counts), "consensus": consensus,
@@ -304,7 +352,7 @@ def _final_merge(c: dict, s: Setup, backend, n: int, test_counts: np.ndarray) ->
         samples = c["merge"]["samples"] if c["merge"] else 512
         per_shard = [x for h in backend.run(ops.bn_stats, merged, keys, samples) for x in h]
         merged = set_bn_stats(merged, layout, pool_bn_stats(per_shard))
-    acc = accuracy(backend.run_one(0, ops.evaluate_state, merged), test_counts)
+    acc = accuracy(backend.run_one(0, ops.evaluate_state, merged, True), test_counts)
     # every agent uploads its state and downloads the merged one
     return {
         "final_acc_global_merge": acc, "bytes_final_merge": 2 * n * s.model_bytes,
@@ -319,8 +367,9 @@ def _summarize(c: dict, s: Setup, ledger: ByteLedger, records: list[dict]) -> di
         "final_acc_avg_model": last["acc_avg_model"], "bytes_total": ledger.total,
         "bytes_per_agent_max": int(max(ledger.sent.max(), ledger.recv.max())), "rounds": c["rounds"],
         "agents": c["agents"], "algorithm": s.labels["algorithm"], "model_bytes": s.model_bytes,
-        # bytes each agent sent, in model-sized units: the communication budget in the papers' terms
-        "transfers_per_agent": float(ledger.sent.max()) / s.model_bytes,
+        # what an agent heard, in model-sized transfers (mean, and the most any agent heard): the papers' budget
+        "transfers_per_agent": float(ledger.recv.mean()) / s.model_bytes,
+        "transfers_per_agent_max": float(ledger.recv.max()) / s.model_bytes,
     }
 
 

@@ -87,6 +87,8 @@ class Display:
         if not self.enabled:  # quiet: the final figures only, one line
             parts = [f"{k}={_pct(summary[k])}" for k in ("final_acc_mean", "final_acc_global_merge") if k in summary]
             parts.append(f"bytes_total={_bytes(summary['bytes_total'])}")
+            if "total_s" in summary:
+                parts.append(f"{summary['total_s']:.1f} s ({summary['startup_s']:.1f} s start-up)")
             where = f" · {run_dir}" if run_dir is not None else ""
             self.console.print(f"{summary.get('algorithm', 'run')} done: " + " · ".join(parts) + where, soft_wrap=True)
             return

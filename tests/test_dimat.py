@@ -12,7 +12,7 @@ def first_merge_accuracy(tiny, method: str) -> float:
     res = run(tiny(
         "data=digits", "model.hidden=[128,128]", "agents=5", "rounds=1", "local_steps=1", "partition=iid",
         "topology=ring", "algorithm=dimat", f"merge={method}", "init=independent", "pretrain_epochs=30",
-        "algorithm.optimizer.name=adam", "algorithm.optimizer.lr=0.001", "final_merge=false", "batch_size=32", "backend=inprocess",
+        "algorithm.optimizer.name=adam", "algorithm.optimizer.lr=0.001", "final_merge.enabled=false", "batch_size=32", "backend=inprocess",
     ))
     return res.records[0]["acc_after_merge"]
 

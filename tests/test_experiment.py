@@ -114,3 +114,26 @@ def test_a_nan_injected_into_one_agent_reaches_no_neighbour(tiny, monkeypatch):
     assert all(r["rolled_back"] == [1] for r in res.records)
     assert np.isfinite(res.records[-1]["consensus"]) and np.isfinite(res.records[-1]["acc_avg_model"])
     assert res.records[-1]["acc"][0] > 0.3 and res.records[-1]["acc"][2] > 0.3  # its ring neighbours still learn
+
+
+def test_final_figures_are_on_the_full_test_set_whatever_eval_says(tiny, tmp_path):
+    big = ("data.n_test=3000", "algorithm=dsgd", "backend=inprocess", "rounds=3")  # 3,000 test samples
+    full = run(tiny(*big, "eval.max_samples=null", f"run.dir={tmp_path}/full"))
+    light = run(tiny(*big, "eval.max_samples=100", "eval.agents=2", "eval.every=2", f"run.dir={tmp_path}/light"))
+    default = run(tiny(*big, f"run.dir={tmp_path}/default"))  # a 2,000-sample subsample during the run
+    for key in ("final_acc_mean", "final_acc_min", "final_acc_max", "final_acc_avg_model", "final_acc_global_merge"):
+        assert light.summary[key] == full.summary[key] == default.summary[key], key
+    assert [r["eval_samples"] for r in light.records] == [100, 100] and full.records[-1]["eval_samples"] == 3000
+    assert default.records[-1]["eval_samples"] == 2000 and light.summary["final_eval_samples"] == 3000
+    assert [r["evaluated_agents"] for r in light.records] == [[0, 1], [2, 3]]  # a rotating subset of 2
+    assert len(light.records[0]["acc"]) == 2 and "evaluated_agents" not in full.records[-1]
+
+
+def test_the_evaluation_subsample_is_class_stratified():
+    from dimat.components import eval_subsample
+
+    y = np.repeat(np.arange(10), [500, 300, 200, 100, 100, 100, 100, 100, 100, 400])
+    idx = eval_subsample(y, 400, seed=0)
+    assert len(idx) == 400 and np.array_equal(idx, np.sort(idx))
+    assert np.bincount(y[idx], minlength=10).tolist() == [100, 60, 40, 20, 20, 20, 20, 20, 20, 80]
+    assert eval_subsample(y, 5000, seed=0) is None  # asking for at least the whole set: the whole set

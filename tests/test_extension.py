@@ -24,11 +24,11 @@ def test_opt_state_reset_is_applied_by_the_framework_for_every_algorithm(tiny, m
     real = Agent.reset_optimizer
     monkeypatch.setattr(Agent, "reset_optimizer", lambda self: (calls.append(self.index), real(self))[1])
     run(tiny(f"algorithm={algorithm}", "algorithm.opt_state=reset", "backend=inprocess", "rounds=3",
-             "pretrain_epochs=0", "final_merge=false"))
+             "pretrain_epochs=0", "final_merge.enabled=false"))
     assert sorted(calls) == sorted(list(range(4)) * 3), calls  # 4 agents on a ring, 3 rounds, no rollbacks
     calls.clear()
     run(tiny(f"algorithm={algorithm}", "algorithm.opt_state=keep", "backend=inprocess", "rounds=3",
-             "pretrain_epochs=0", "final_merge=false"))
+             "pretrain_epochs=0", "final_merge.enabled=false"))
     assert calls == []
 
 

@@ -42,7 +42,7 @@ BAD = [
     (["algorithm=local", "budget.bytes=1e6"], "does not communicate"),
     (["algorithm=local", "schedule=late"], "does not communicate"),
     (["algorithm=fedavg", "backend.comm=torch"], "through a server"),
-    (["algorithm=centralized", "final_merge=true"], "nothing to merge"),
+    (["algorithm=centralized", "final_merge.enabled=true"], "nothing to merge"),
     (["local_epochs=1", "local_steps=3"], "set one of them"),
 ]
 

@@ -109,11 +109,18 @@ class Algorithm:
     uses_merge: bool = False  # takes the `merge` group's options as `merge=` (permutation merges)
     phases: tuple[Phase, ...] = (Phase(),)
 
-    def __init__(self, *, optimizer: Mapping | None = None, opt_state: str = "keep"):
+    def __init__(self, *, optimizer: Mapping | None = None, opt_state: str = "keep", label_smoothing: float = 0.0,
+                 clip: float | None = None):
         if opt_state not in ("keep", "reset"):
             raise ValueError(f"algorithm.opt_state={opt_state} is unknown: use keep or reset")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"algorithm.label_smoothing={label_smoothing} must be in [0, 1)")
+        if clip is not None and not clip > 0:
+            raise ValueError(f"algorithm.clip={clip} must be > 0 (or null: no clipping)")
         self.optimizer = optimizer_settings(optimizer)
         self.opt_state = opt_state
+        # how every agent trains: what `Agent` takes besides its optimizer
+        self.training = {"label_smoothing": float(label_smoothing), "clip": None if clip is None else float(clip)}
 
     @property
     def label(self) -> str:

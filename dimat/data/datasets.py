@@ -269,6 +269,11 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
 
 
 # --------------------------------------------------------------------------- transforms
+def stratified(x: np.ndarray, y: np.ndarray, n: int | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Keep ``n`` samples, each class in proportion to its size (randomly chosen, original order kept)."""
+    return _subsample(x, y, n, rng)
+
+
 def _subsample(x: np.ndarray, y: np.ndarray, n: int | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Keep ``n`` samples, each class in proportion to its size (randomly chosen, original order kept)."""
     if n is None or n >= len(y):

@@ -118,7 +118,8 @@ def shards(labels: np.ndarray, n_agents: int, *, shards_per_agent: int = 2, seed
     labels = _start(labels, n_agents)
     if shards_per_agent < 1 or n_agents * shards_per_agent > len(labels):
         raise PartitionError(f"partition.shards_per_agent={shards_per_agent} with agents={n_agents} needs "
-                             f"{n_agents * shards_per_agent} shards but the dataset has {len(labels)} samples: lower it")
+                             f"{n_agents * shards_per_agent} shards but the dataset has {len(labels)} samples: "
+                             "lower it")
     parts = _shards(labels, n_agents, np.random.default_rng(seed), shards_per_agent)
     return check_parts(parts, len(labels), n_agents, "shards")
 

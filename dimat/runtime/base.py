@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,6 +13,39 @@ def assign_agents(n_agents: int, n_hosts: int) -> list[list[int]]:
     n_hosts = max(1, min(n_hosts, n_agents))
     bounds = [round(h * n_agents / n_hosts) for h in range(n_hosts + 1)]
     return [list(range(bounds[h], bounds[h + 1])) for h in range(n_hosts)]
+
+
+def _busy_cpus(window_s: float = 0.25) -> float | None:
+    """How many CPUs other work keeps busy right now, from two readings of /proc/stat (None off Linux)."""
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)  # total, idle + iowait
+
+    try:
+        total0, idle0 = read()
+        time.sleep(window_s)
+        total1, idle1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    dt = total1 - total0
+    return None if dt <= 0 else (1.0 - (idle1 - idle0) / dt) * (os.cpu_count() or 1)
+
+
+def free_cpus() -> int:
+    """CPUs this run may use without competing with other busy processes (at least 1): torch threads beyond
+    them do not add speed, they make every step wait on a descheduled thread."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    busy = _busy_cpus()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:
+            busy = 0.0
+    return max(1, min(n, round(n - busy)))
 
 
 def resolve_device(device: str, gpu_available: bool) -> str:

@@ -25,16 +25,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dimat.algorithms.base import SERVER, Received
+from dimat.algorithms.base import SERVER, Algorithm, Received
 from dimat.runtime.ops import rolled_back
 
 Rows = dict[int, tuple[float, list[tuple[int, float]]]]  # receiver -> (self weight, [(source, weight)])
+PLAIN = Algorithm()  # plain gossip averaging of the flat states (post-merge rounds), whatever the run's algorithm
+
+
+def _algorithm(host, plain: bool):
+    return PLAIN if plain else host.algorithm
 
 
 # --------------------------------------------------------------------------- host side
-def _messages(host, k: int, ids) -> dict[int, np.ndarray]:
+def _messages(host, k: int, ids, plain: bool = False) -> dict[int, np.ndarray]:
     """Phase k's messages of the hosted agents `ids`, as contiguous float32 arrays."""
-    algo = host.algorithm
+    algo = _algorithm(host, plain)
     send = getattr(algo, algo.phases[k].send)
     out = {}
     for i in ids:
@@ -44,25 +49,25 @@ def _messages(host, k: int, ids) -> dict[int, np.ndarray]:
             raise ValueError(f"{algo.label}.{algo.phases[k].send} made a message of shape {msg.shape}; "
                              f"message_floats({k}) declares {expected} float32 values")
         out[i] = msg
-    if host.spec.track_sent:
+    if host.spec.track_sent and not plain:
         host.last_sent.update({i: v[: host.agents[i].layout.size].copy() for i, v in out.items()})
     return out
 
 
-def publish(host, k: int, ids: list[int]) -> dict:
+def publish(host, k: int, ids: list[int], plain: bool = False) -> dict:
     """Handles to phase k's messages of the hosted agents `ids` (each made once)."""
-    return host.put(_messages(host, k, ids))
+    return host.put(_messages(host, k, ids, plain))
 
 
-def deliver(host, k: int, rows: Rows, handles: dict) -> dict:
+def deliver(host, k: int, rows: Rows, handles: dict, plain: bool = False) -> dict:
     """Phase k for this host's receivers: fetch what `rows` names and hand it to the phase's handler."""
-    out = _receive(host, k, rows, host.fetch(handles))
+    out = _receive(host, k, rows, host.fetch(handles), plain)
     out["replies"] = host.put(out["replies"])
     return out
 
 
-def _receive(host, k: int, rows: Rows, inbox: dict) -> dict:
-    algo = host.algorithm
+def _receive(host, k: int, rows: Rows, inbox: dict, plain: bool = False) -> dict:
+    algo = _algorithm(host, plain)
     phase = algo.phases[k]
     last = k == len(algo.phases) - 1
     handler = getattr(algo, phase.receive)
@@ -104,22 +109,22 @@ def _reply(algo, k: int, agent, value) -> np.ndarray:
     return msg
 
 
-def exchange_p2p(host, plans: list[tuple[Rows, dict, dict]]) -> dict:
+def exchange_p2p(host, plans: list[tuple[Rows, dict, dict]], plain: bool = False) -> dict:
     """Every neighbour phase of an exchange, remote messages by point-to-point sends: plans[k] is this host's
     (rows, {host: keys to send it}, {host: keys to receive from it}) for phase k."""
     from dimat.runtime import p2p
 
-    algo, layout = host.algorithm, host.layout()
+    algo, layout = _algorithm(host, plain), host.layout()
     total = {"transfers": [], "merge_s": 0.0, "rolled_back": []}
     replies: dict = {}
     for k, (rows, send_to, recv_from) in enumerate(plans):
         size = algo.message_floats(k, layout)
         if algo.phases[k].kind == "gossip":
             local = {j for _, row in rows.values() for j, _ in row if j in host.agents}
-            outgoing = _messages(host, k, sorted(local.union(*send_to.values())))
+            outgoing = _messages(host, k, sorted(local.union(*send_to.values())), plain)
         else:  # the previous phase's replies: local ones directly, the others by message
             outgoing = replies
-        res = _receive(host, k, rows, {**outgoing, **p2p.swap(outgoing, send_to, recv_from, size, host.device)})
+        res = _receive(host, k, rows, {**outgoing, **p2p.swap(outgoing, send_to, recv_from, size, host.device)}, plain)
         replies = res.pop("replies")
         total["transfers"] += res["transfers"]
         total["merge_s"] += res["merge_s"]
@@ -160,8 +165,12 @@ def _merge(dicts: list[dict]) -> dict:
     return out
 
 
-def run_exchange(backend, algorithm, rows: Rows, alive: list[int], sizes: dict[int, int]) -> Outcome:
-    """Run the algorithm's phases over `rows` on every host; see the module docstring."""
+def run_exchange(backend, algorithm, rows: Rows, alive: list[int], sizes: dict[int, int],
+                 plain: bool = False) -> Outcome:
+    """Run the algorithm's phases over `rows` on every host (`plain`: one round of plain gossip averaging
+    instead, whatever the hosts' algorithm); see the module docstring."""
+    if plain:
+        algorithm = PLAIN
     phases = algorithm.phases
     outcome = Outcome()
     if backend.comm == "torch":
@@ -176,32 +185,35 @@ def run_exchange(backend, algorithm, rows: Rows, alive: list[int], sizes: dict[i
                 back = reverse_rows(prev)
                 per_phase.append([({j: back[j] for j in g if j in back}, to, frm)
                                   for g, (to, frm) in zip(backend.groups, reply_plans(backend.groups, prev))])
-        outcome.add(backend.run_each(exchange_p2p, [([pp[h] for pp in per_phase],) for h in range(len(backend.groups))]))
+        outcome.add(backend.run_each(exchange_p2p, [([pp[h] for pp in per_phase], plain)
+                                                    for h in range(len(backend.groups))]))
         return outcome
     replies: dict = {}
     prev = rows
     for k, p in enumerate(phases):
         if p.kind == "server":
-            handles = _merge(backend.run_each(publish, [(k, [i for i in g if i in alive]) for g in backend.groups]))
+            handles = _merge(backend.run_each(publish, [(k, [i for i in g if i in alive], plain)
+                                                        for g in backend.groups]))
             payloads = backend.fetch(handles)
             outcome.transfers += [(i, SERVER, int(v.nbytes)) for i, v in sorted(payloads.items())]
             mean = np.ascontiguousarray(algorithm.aggregate(payloads, sizes), dtype=np.float32)
             ref = backend.put(mean)
             phase_rows = {i: (0.0, [(SERVER, 1.0)]) for i in alive}
-            args = [(k, {i: phase_rows[i] for i in g if i in phase_rows}, {SERVER: ref}) for g in backend.groups]
+            args = [(k, {i: phase_rows[i] for i in g if i in phase_rows}, {SERVER: ref}, plain) for g in backend.groups]
         elif p.kind == "gossip":
             senders = {j for _, row in rows.values() for j, _ in row}
-            handles = _merge(backend.run_each(publish, [(k, [j for j in g if j in senders]) for g in backend.groups]))
+            handles = _merge(backend.run_each(publish, [(k, [j for j in g if j in senders], plain)
+                                                        for g in backend.groups]))
             args = []
             for g in backend.groups:
                 mine = {i: rows[i] for i in g if i in rows}
                 need = {j for _, row in mine.values() for j, _ in row}
-                args.append((k, mine, {j: handles[j] for j in need}))
+                args.append((k, mine, {j: handles[j] for j in need}, plain))
             prev = rows
         else:
             back = reverse_rows(prev)
             args = [(k, {j: back[j] for j in g if j in back},
-                     {key: ref for key, ref in replies.items() if key[1] in g}) for g in backend.groups]
+                     {key: ref for key, ref in replies.items() if key[1] in g}, plain) for g in backend.groups]
         results = backend.run_each(deliver, args)
         replies = _merge([res["replies"] for res in results])
         outcome.add(results)

@@ -30,7 +30,8 @@ class HostSpec:
     batch_size: int
     seed: int
     independent_init: bool
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 2048
+    eval_index: np.ndarray | None = None  # the test samples evaluated during the run (None: all)
     track_sent: bool = False  # keep each agent's last sent state (schedules that measure "drift")
 
 
@@ -55,7 +56,8 @@ class AgentHost:
         # Adam's second moments of always-zero inputs (digit borders) decay into denormal
         # floats, which are ~30x slower on CPU; flushing them to zero changes nothing that matters
         torch.set_flush_denormal(True)
-        self.spec, self.dataset, self.transport, self.timeout_s, self.device = spec, dataset, transport, timeout_s, device
+        self.spec, self.dataset, self.transport = spec, dataset, transport
+        self.timeout_s, self.device = timeout_s, device
         self.algorithm = spec.algorithm()
         self.algorithm.start(dataset, spec.seed, device)
         example = torch.from_numpy(dataset.x_train[:2].copy()).to(device)
@@ -63,7 +65,7 @@ class AgentHost:
         for i, idx in parts.items():
             agent = Agent(i, build_agent_model(spec, dataset, i), dataset.x_train, dataset.y_train, idx,
                           batch_size=spec.batch_size, optimizer=self.algorithm.optimizer,
-                          seed=agent_seed(spec.seed, i), device=device)
+                          seed=agent_seed(spec.seed, i), device=device, **self.algorithm.training)
             self.algorithm.prepare(agent, example)
             self.agents[i] = agent
         self.group = None

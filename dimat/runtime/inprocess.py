@@ -5,23 +5,33 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dimat.runtime.base import Backend, resolve_device
+from dimat.runtime.base import Backend, free_cpus, resolve_device
 from dimat.runtime.host import AgentHost, HostSpec
 
 
 class InProcessBackend(Backend):
     name = "inprocess"
 
-    def __init__(self, spec: HostSpec, dataset, parts, *, device: str = "auto", vectorize: bool = False):
+    def __init__(self, spec: HostSpec, dataset, parts, *, device: str = "auto", vectorize: bool = False,
+                 threads: int | None = None):
         import torch
 
+        if threads is not None and threads < 1:
+            raise ValueError(f"backend.threads={threads} must be >= 1 (or null: the CPUs free to this run)")
         self.groups = [list(range(len(parts)))]
         self.device = resolve_device(device, torch.cuda.is_available())
+        self._threads_before = torch.get_num_threads()  # the whole process's: put back at shutdown
+        self.threads = threads or free_cpus()
         self.hosts = [AgentHost(spec, dataset, dict(enumerate(parts)), transport="local", device=self.device,
-                                vectorize=vectorize)]
+                                vectorize=vectorize, threads=self.threads)]
 
     def run_each(self, fn: Callable, args: Sequence[tuple]) -> list[Any]:
         return [h.run(fn, *a) for h, a in zip(self.hosts, args)]
 
     def run_one(self, host: int, fn: Callable, *args: Any) -> Any:
         return self.hosts[host].run(fn, *args)
+
+    def shutdown(self) -> None:
+        import torch
+
+        torch.set_num_threads(self._threads_before)

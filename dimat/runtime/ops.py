@@ -52,19 +52,34 @@ def train(host, steps: int) -> dict[int, float]:
     return {i: checked(a, goods[i], trained[i]) for i, a in host.agents.items()}
 
 
-def evaluate(host) -> dict[int, np.ndarray]:
-    """Per agent: correct predictions per class on the test set."""
-    d = host.dataset
-    return {i: correct_by_class(a.predict(d.x_test, host.spec.eval_batch_size), d.y_test, d.num_classes)
-            for i, a in host.agents.items()}
+def test_set(host, full: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The test inputs and labels: the run's evaluation subsample, or (`full`) the whole test set."""
+    d, idx = host.dataset, host.spec.eval_index
+    if full or idx is None:
+        return d.x_test, d.y_test
+    if getattr(host, "_test_subset", None) is None:
+        host._test_subset = (np.ascontiguousarray(d.x_test[idx]), d.y_test[idx])
+    return host._test_subset
 
 
-def evaluate_state(host, vec: np.ndarray) -> np.ndarray:
+def evaluate(host, full: bool = False, ids: list[int] | None = None) -> dict[int, np.ndarray]:
+    """Correct predictions per class of the hosted agents `ids` (None: all), on the subsample or the full set.
+    A vectorized host predicts for all its agents in one batched pass."""
+    x, y = test_set(host, full)
+    ids = [i for i in host.agents if ids is None or i in ids]
+    classes, bs = host.dataset.num_classes, host.spec.eval_batch_size
+    if host.group is not None and ids:
+        preds = host.group.predict(x, bs)
+        return {i: correct_by_class(preds[k], y, classes) for k, i in enumerate(host.agents) if i in ids}
+    return {i: correct_by_class(host.agents[i].predict(x, bs), y, classes) for i in ids}
+
+
+def evaluate_state(host, vec: np.ndarray, full: bool = False) -> np.ndarray:
     """Correct predictions per class of a given flat state (e.g. the average model)."""
     model, flat = host.scratch_model()
     flat.copy_(as_tensor(vec))
-    d = host.dataset
-    return correct_by_class(predict(model, d.x_test, host.spec.eval_batch_size, host.device), d.y_test, d.num_classes)
+    x, y = test_set(host, full)
+    return correct_by_class(predict(model, x, host.spec.eval_batch_size, host.device), y, host.dataset.num_classes)
 
 
 def bn_stats(host, vec: np.ndarray, keys: list[str], samples: int) -> list[tuple[int, dict[str, np.ndarray]]]:

@@ -19,7 +19,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dimat.runtime import ops
-from dimat.runtime.base import Backend, HostFailure, assign_agents, resolve_device
+from dimat.runtime.base import Backend, HostFailure, assign_agents, free_cpus, resolve_device
 from dimat.runtime.host import AgentHost, HostSpec
 
 
@@ -84,15 +84,17 @@ class RayBackend(Backend):
 
     def __init__(self, spec: HostSpec, dataset, parts, *, address: str | None = None,
                  agents_per_actor: int | None = None, num_cpus: int | None = None,
-                 threads_per_actor: int | None = None, placement: str = "pack", comm: str = "object_store",
+                 threads: int | None = None, placement: str = "pack", comm: str = "object_store",
                  gpus_per_actor: float | None = None, timeout_s: float = 600.0, device: str = "auto",
                  vectorize: bool = False):
         check_options(placement=placement, comm=comm, timeout_s=timeout_s, agents_per_actor=agents_per_actor,
-                      num_cpus=num_cpus, threads_per_actor=threads_per_actor, gpus_per_actor=gpus_per_actor)
+                      num_cpus=num_cpus, threads=threads, gpus_per_actor=gpus_per_actor)
         self.timeout_s = float(timeout_s)
         self.comm = comm
         self._owns_ray = not ray.is_initialized()
         self._cluster_flag: bool | None = None
+        # a local run's CPUs free of other work, read before our own Ray processes start
+        self._free = free_cpus() if self._owns_ray and not address else None
         if self._owns_ray:
             if address:
                 connect(address)
@@ -101,20 +103,22 @@ class RayBackend(Backend):
         self.hosts: list = []
         self.pg = None
         try:
-            self._start_hosts(spec, dataset, parts, agents_per_actor, threads_per_actor, placement, gpus_per_actor,
+            self._start_hosts(spec, dataset, parts, agents_per_actor, threads, placement, gpus_per_actor,
                               device, vectorize)
         except BaseException:
             self.shutdown()  # nothing left behind: no actors, no placement group, no Ray of ours
             raise
 
-    def _start_hosts(self, spec, dataset, parts, agents_per_actor, threads_per_actor, placement, gpus_per_actor,
+    def _start_hosts(self, spec, dataset, parts, agents_per_actor, threads, placement, gpus_per_actor,
                      device, vectorize) -> None:
         cpus = float(ray.available_resources().get("CPU", 1.0))
         n = len(parts)
         n_hosts = math.ceil(n / agents_per_actor) if agents_per_actor else max(1, min(n, int(cpus)))
         self.groups = assign_agents(n, n_hosts)
         cpus_each = cpus / len(self.groups)
-        threads = threads_per_actor or max(1, int(cpus_each))
+        # torch threads per actor: its CPUs, and no more than the machine has free (others' work counts)
+        free = self._free if self._free is not None else int(cpus)
+        threads = threads or max(1, min(int(cpus_each), free // len(self.groups)))
         gpus_each = gpu_share(device, gpus_per_actor, float(ray.available_resources().get("GPU", 0.0)),
                               len(self.groups))
         device = resolve_device(device, gpus_each > 0)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
-from dimat.agent import Agent, make_optimizer
+from dimat.agent import Agent, clip_, make_optimizer
 from dimat.flat import FlatLayout, bind
 
 
@@ -59,17 +60,21 @@ class AgentGroup:
             return loss_fn(functional_call(self.model, params, (x,)), y)
 
         self._step = vmap(grad_and_value(loss))
+        self._forward = None
 
     def train(self, steps: int) -> dict[int, float]:
         """`steps` optimizer steps for every agent at once; returns each agent's mean loss."""
         self.model.train()
         total = torch.zeros(len(self.agents), device=self.X.device)
         hooks = [(k, a.grad_hook) for k, a in enumerate(self.agents) if a.grad_hook is not None]
+        clip = self.agents[0].clip
         for _ in range(steps):
             xs, ys = zip(*(a.next_batch() for a in self.agents))
             grads, losses = self._step(dict(zip(self.names, self.stacked)), torch.stack(xs), torch.stack(ys))
             for p, name in zip(self.stacked, self.names):
                 p.grad = grads[name]
+            if clip is not None:
+                clip_([p.grad for p in self.stacked], clip)
             for k, hook in hooks:  # e.g. gradient tracking's correction, on this agent's rows (views)
                 hook([p.grad[k] for p in self.stacked])
             self.opt.step()
@@ -79,6 +84,18 @@ class AgentGroup:
         for a in self.agents:
             a.steps_done += steps
         return {a.index: float(v) / steps for a, v in zip(self.agents, total)}
+
+    @torch.no_grad()
+    def predict(self, x, batch_size: int) -> np.ndarray:
+        """Every agent's predicted labels of `x` in one batched pass: [agents, samples]."""
+        self.model.eval()
+        if self._forward is None:
+            self._forward = vmap(lambda params, xb: functional_call(self.model, params, (xb,)), in_dims=(0, None))
+        params = dict(zip(self.names, self.stacked))
+        step = max(1, 16 * batch_size // len(self.agents))  # samples per chunk, for all agents at once
+        out = [self._forward(params, torch.as_tensor(x[s : s + step]).to(self.X.device)).argmax(-1).cpu()
+               for s in range(0, len(x), step)]
+        return torch.cat(out, dim=1).numpy()
 
     # -- one agent's optimizer state (its rows of the stacked state) -------------
     def momentum(self, k: int) -> torch.Tensor:
