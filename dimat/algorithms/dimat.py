@@ -3,7 +3,12 @@
 Per agent m and round: θ_m ← W_mm·θ_m + Σ_j W_mj·P_j(θ_j), where P_j is the
 permutation found by weight matching (default) or activation matching on the
 agent's own data (`merge.data=local`), or the identity (`merge.method=average`).
-BatchNorm statistics are then re-estimated on local data.
+BatchNorm statistics are then re-estimated on local data. With `merge.repair=true`
+(REPAIR, `dimat.merge.repair`) every hidden channel of the merged model also gets
+the interpolation, with the same row of W, of the channel's mean and std in the
+agent's and its aligned neighbours' models on that data (plain averaging too:
+its collapse of the channels' spread is what REPAIR undoes); the statistics are
+the agent's own, so nothing more travels.
 
 With `algorithm.correction=gt` the agents also track the mean gradient (K-GT,
 see `dimat.algorithms.tracking`): each neighbour's tracked direction is
@@ -15,6 +20,8 @@ permutation is needed.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -25,7 +32,7 @@ from dimat.algorithms.tracking import GradientTracking, QuasiGlobalMomentum, spl
 from dimat.flat import FlatLayout, as_tensor
 
 METHODS = ("weight", "activation", "average")
-MERGE_KEYS = {"method", "data", "samples", "restarts", "warm_start", "bn_repair"}
+MERGE_KEYS = {"method", "data", "samples", "restarts", "warm_start", "bn_repair", "repair"}
 
 
 def proxy_indices(seed: int, n_train: int, samples: int) -> np.ndarray:
@@ -60,11 +67,15 @@ class Dimat(Algorithm):
         self.restarts = int(merge.get("restarts") or 0)
         self.warm_start = merge.get("warm_start") is not False
         self.bn_repair = bool(merge.get("bn_repair", True))
+        self.repair = bool(merge.get("repair", False))
+        if self.repair and not self.bn_repair:
+            raise ValueError("merge.repair=true re-estimates BatchNorm statistics itself: drop merge.bn_repair=false")
         if correction not in ("none", "gt", "qgm"):
             raise ValueError(f"algorithm.correction={correction} is unknown: use none, gt or qgm")
         self.correction = correction
         self.spec: mergelib.PermutationSpec | None = None
-        self.template: torch.nn.Module | None = None
+        self.templates: list[torch.nn.Module] = []  # modules the neighbours' states load into (matching, REPAIR)
+        self.points: list[mergelib.RepairPoint] = []  # where REPAIR corrects the merged model
         self._prev: dict[tuple[int, int], mergelib.Perm] = {}  # (agent, neighbour) -> last permutation
         self.proxy = None  # optional shared public data for matching and BN repair
         self.tracking = GradientTracking() if self.correction == "gt" else None
@@ -83,10 +94,12 @@ class Dimat(Algorithm):
         if self.spec is None and self.method != "average":
             # one spec per host: every agent has the same architecture
             self.spec = mergelib.spec_for(agent.model, example)
-        if self.template is None and self.method == "activation":
-            import copy
-
-            self.template = copy.deepcopy(agent.model)
+        if not self.templates and (self.method == "activation" or self.repair):
+            self.templates.append(copy.deepcopy(agent.model))
+        if self.repair and not self.points:
+            # plain averaging has no spec of its own: REPAIR still needs one to find the hidden layers
+            spec = self.spec or mergelib.spec_for(agent.model, example)
+            self.points = mergelib.repair_points(agent.model, spec, example)
 
     def message_floats(self, phase: int, layout: FlatLayout) -> int:
         return layout.size + (layout.n_params if self.tracking is not None else 0)
@@ -128,6 +141,22 @@ class Dimat(Algorithm):
             out.append(Received(r.source, moved[:n].numpy(), r.weight))
         return out
 
+    def _templates(self, k: int) -> list[torch.nn.Module]:
+        """k modules to load states into, made once per host (activation matching runs one per neighbour,
+        so that the agent's own activations are computed once for all of them)."""
+        self.templates += [copy.deepcopy(self.templates[0]) for _ in range(k - len(self.templates))]
+        return self.templates[:k]
+
+    def _repair_targets(self, agent: Agent, others: list[dict], weights: list[float], data: torch.Tensor) -> dict:
+        """REPAIR's target per channel: the mixing row's interpolation of the agent's and its aligned
+        neighbours' channel statistics on `data` (the agent's model still holds its own state)."""
+        stats = [mergelib.channel_stats(agent.model, self.points, data)]
+        scratch = self._templates(1)[0]
+        for o in others:
+            scratch.load_state_dict(o, strict=False)
+            stats.append(mergelib.channel_stats(scratch, self.points, data))
+        return mergelib.interpolate(stats, weights)
+
     def merge_data(self, agent: Agent) -> torch.Tensor:
         """Samples for activation matching and BN repair: the agent's own, or a shared proxy set."""
         if self.proxy is not None:
@@ -142,7 +171,7 @@ class Dimat(Algorithm):
         own = agent.state_dict_views()
         on = (lambda v: v) if agent.device == "cpu" else (lambda v: as_tensor(v).to(agent.device))
         others = [agent.state_dict_views(on(r.state)) for r in received]
-        data = self.merge_data(agent) if (self.method == "activation" or self.bn_repair) else None
+        data = self.merge_data(agent) if (self.method == "activation" or self.bn_repair or self.repair) else None
         if self.method != "average" and others:
             init = [self._prev.get((agent.index, r.source)) if self.warm_start else None for r in received]
             kw = {"restarts": self.restarts} if self.method == "weight" else {}
@@ -152,18 +181,22 @@ class Dimat(Algorithm):
                 self.spec,
                 method=self.method,
                 data=data,
-                model=self.template,
+                model=self._templates(len(others)) if self.method == "activation" else None,
                 init=init,
                 **kw,
             )
             for r, p in zip(received, perms):
                 self._prev[(agent.index, r.source)] = p
-        merged = mergelib.merge([own] + others, [self_weight] + [r.weight for r in received])
+        weights = [self_weight] + [r.weight for r in received]
+        targets = self._repair_targets(agent, others, weights, data) if self.repair and others else None
+        merged = mergelib.merge([own] + others, weights)
         if self.tracking is not None:  # own direction first: the merge overwrites nothing it reads
             self.tracking.update(agent, self.tracking.direction(agent), self_weight,
                                  self._aligned_directions(agent, dirs, perms))
         agent.load(agent.layout.flatten(merged))
-        if self.bn_repair:
+        if targets is not None:  # REPAIR re-estimates the BatchNorm statistics in the same pass
+            mergelib.repair_merged(agent.model, self.points, targets, data)
+        elif self.bn_repair:
             mergelib.reset_bn(agent.model, data)
         if self.qgm is not None:
             self.qgm.after_merge(agent)

@@ -3,17 +3,24 @@
 - `PermutationSpec.from_model(model, example)`: which axes permute together, derived by torch.fx
   and self-tested; `check_spec` tests a hand-written one; `spec_for` takes a model's own
   `permutation_spec()` when it has one.
-- `weight_matching`, `activation_matching`: permutations mapping another model into a reference's basis.
+- `weight_matching`, `activation_matching` (`activation_matching_many`: several models against one
+  reference, whose activations are computed once): permutations mapping another model into a reference's basis.
 - `apply_permutation`, `merge`, `align`, `align_many`: use them.
 - `reset_bn`: re-estimate BatchNorm statistics after a merge.
+- REPAIR (`dimat.merge.repair`): `repair_points`, `channel_stats`, `interpolate`, `repair_merged` give the
+  merged model's channels the interpolated mean and std of the endpoints'.
 """
 
 from dimat.merge.permute import (
-    Perm, activation_matching, align, align_many, apply_permutation, merge, reset_bn, weight_matching,
+    Perm, activation_matching, activation_matching_many, align, align_many, apply_permutation, merge, reset_bn,
+    weight_matching,
 )
+from dimat.merge.repair import RepairError, RepairPoint, channel_stats, interpolate, repair_merged, repair_points
 from dimat.merge.spec import PermutationSpec, SpecError, check_spec, random_permutation, spec_for
 
 __all__ = [
-    "Perm", "PermutationSpec", "SpecError", "activation_matching", "align", "align_many", "apply_permutation",
-    "check_spec", "merge", "random_permutation", "reset_bn", "spec_for", "weight_matching",
+    "Perm", "PermutationSpec", "RepairError", "RepairPoint", "SpecError", "activation_matching",
+    "activation_matching_many", "align", "align_many", "apply_permutation", "channel_stats", "check_spec",
+    "interpolate", "merge", "random_permutation", "repair_merged", "repair_points", "reset_bn", "spec_for",
+    "weight_matching",
 ]

@@ -17,7 +17,8 @@ BatchNorm1d(5), ReLU(), Linear(5, 3))``::
     check_spec(model, spec, example_input)   # SpecError names a wrong group
 
 Write one where a model cannot be traced (data-dependent control flow) and
-keep it beside the model.
+keep it beside the model. `apply_permutation(spec, perm, state)` permutes a
+state by a spec (every matching method's result is applied with it).
 """
 
 from __future__ import annotations
@@ -126,6 +127,31 @@ def _check_structure(spec: PermutationSpec, state: dict[str, torch.Tensor], modu
                 raise SpecError(f"group {g}: consumer module {name!r} is not in the model")
 
 
+def axes_by_key(spec: PermutationSpec) -> dict[str, list[tuple[str, int]]]:
+    """(group, axis) pairs of every state key the spec permutes."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for g, pairs in spec.groups.items():
+        for key, axis in pairs:
+            out.setdefault(key, []).append((g, axis))
+    return out
+
+
+def apply_permutation(spec: PermutationSpec, perm: Perm, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A new state with every tensor permuted along its groups' axes.
+
+    Keys outside the spec, and groups missing from `perm`, are left as they
+    are, so a partial dict (e.g. optimizer buffers keyed by parameter name) works.
+    """
+    axes = axes_by_key(spec)
+    out = {}
+    for key, t in state.items():
+        for g, axis in axes.get(key, ()):
+            if g in perm:
+                t = t.index_select(axis, perm[g].to(t.device))
+        out[key] = t
+    return out
+
+
 def random_permutation(spec: PermutationSpec, seed: int = 0) -> Perm:
     """A seeded random permutation for every group (self-tests, planted-permutation tests)."""
     gen = torch.Generator().manual_seed(seed)
@@ -139,8 +165,6 @@ def check_spec(model: nn.Module, spec: PermutationSpec, example_input: torch.Ten
     affine parameters (at init they are 0/1, which would hide a missed
     permutation). Raises SpecError naming the first group that breaks it.
     """
-    from dimat.merge.permute import apply_permutation
-
     state = model.state_dict()
     _check_structure(spec, state, dict(model.named_modules()))
     ref, x, tol = _test_copy(model, example_input, seed)

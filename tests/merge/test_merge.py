@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dimat.merge import (
-    PermutationSpec, SpecError, activation_matching, align, align_many, apply_permutation, check_spec, merge,
+    PermutationSpec, SpecError, activation_matching, activation_matching_many, align, align_many, apply_permutation, check_spec, merge,
     random_permutation, reset_bn, weight_matching,
 )
 from dimat.models import build_model
@@ -107,6 +107,59 @@ def test_activation_matching_recovers_a_planted_permutation(name, kw, shape):
     aligned = apply_permutation(spec, perm, other.state_dict())
     for k, v in m.state_dict().items():
         assert torch.equal(aligned[k], v), k
+
+
+def _dead_fraction(model, data):
+    """The share of ReLU channels that never fire on `data`."""
+    dead, total, hooks = [0], [0], []
+
+    def count(_m, _i, out):
+        fired = out.transpose(0, 1).reshape(out.shape[1], -1).amax(1) > 0
+        dead[0] += int((~fired).sum())
+        total[0] += len(fired)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.ReLU)]
+    with torch.no_grad():
+        model.eval()(data)
+    for h in hooks:
+        h.remove()
+    return dead[0] / total[0]
+
+
+def test_activation_matching_recovers_a_planted_permutation_where_many_units_are_dead():
+    # random-init VGG16-BN on random inputs: a third or more of its units never fire, so their
+    # correlations tie; the weight tie-break must see the neighbouring groups' permutations
+    m, spec = model_and_spec("vgg16", {"norm": "bn"}, (3, 32, 32))
+    data = torch.randn(256, 3, 32, 32)
+    assert _dead_fraction(m, data) > 0.25
+    other, planted = permuted_copy(m, spec, seed=4)
+    perm = activation_matching(spec, m, other, data)
+    for g in spec.groups:  # unit i of the aligned model is unit perm[g][i] of the other
+        assert torch.equal(planted[g][perm[g]], torch.arange(spec.sizes[g])), g
+    aligned = copy.deepcopy(m)
+    aligned.load_state_dict(apply_permutation(spec, perm, other.state_dict()))
+    x = torch.randn(16, 3, 32, 32)
+    assert torch.allclose(aligned.eval()(x), m.eval()(x), rtol=1e-6, atol=1e-6)
+
+
+def test_activations_of_the_reference_computed_once_give_the_pairwise_permutations():
+    # three independently initialised models against one reference: one pass, same answers as three calls
+    ref, spec = model_and_spec("cnn", {}, (1, 8, 8), seed=0)
+    others = [model_and_spec("cnn", {}, (1, 8, 8), seed=s)[0] for s in (1, 2, 3)]
+    data = torch.randn(300, 1, 8, 8)
+    for m in (ref, *others):
+        reset_bn(m, data)
+    together = activation_matching_many(spec, ref, others, data, batch_size=128)
+    for other, perm in zip(others, together):
+        alone = activation_matching(spec, ref, other, data, batch_size=128)
+        assert all(torch.equal(perm[g], alone[g]) for g in spec.groups)
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in together[0].values())
+    with pytest.raises(ValueError, match="distinct modules"):  # one module twice would see its hooks fire twice
+        activation_matching_many(spec, ref, [others[0], others[0]], data)
+    # align with one template: copies are made for the other neighbours, the answers are the same
+    _, via_align = align(ref, [o.state_dict() for o in others], spec, method="activation", data=data,
+                         model=copy.deepcopy(ref), batch_size=128)
+    assert all(torch.equal(a[g], b[g]) for a, b in zip(via_align, together) for g in spec.groups)
 
 
 @pytest.mark.parametrize("weights", [[0.5, 0.5], [0.2, 0.3, 0.5]])
