@@ -197,9 +197,7 @@ class Agent:
 
     def restore(self, snap: dict) -> None:
         self.load(snap["vec"])
-        for k, v in snap["ints"].items():
-            owner_name, _, attr = k.rpartition(".")
-            (self.model.get_submodule(owner_name) if owner_name else self.model)._buffers[attr].copy_(v)
+        self.load_ints(snap["ints"])
         if self.group is not None:
             self.set_momentum(snap["opt"]["momentum"].to(self.vec.device))
         else:
@@ -208,6 +206,12 @@ class Agent:
         self.gen.set_state(snap["rng"])
         self._order, self._pos = snap["order"].numpy().copy(), int(snap["pos"])
         self.steps_done = int(snap.get("steps_done", 0))
+
+    def load_ints(self, ints: dict[str, torch.Tensor]) -> None:
+        """Set the integer buffers (e.g. BatchNorm's num_batches_tracked) by state-dict name."""
+        for k, v in ints.items():
+            owner_name, _, attr = k.rpartition(".")
+            (self.model.get_submodule(owner_name) if owner_name else self.model)._buffers[attr].copy_(v)
 
     def param_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Views into a parameter-sized flat vector, shaped like the parameters (in order)."""

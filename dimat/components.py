@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from dimat.algorithms import Algorithm, Centralized
 from dimat.config import FRAMEWORK_KEYS, MergeConf, PeriodicConf
 from dimat.data import Dataset, check_parts, class_histogram, prepare_dataset, stratified
 from dimat.flat import FlatLayout
+from dimat.runtime import checkpoint
 from dimat.runtime.host import HostSpec, build_agent_model
 from dimat.schedule import Ledger, Schedule
 
@@ -159,6 +161,7 @@ class Setup:
     perm_spec: Any  # the permutation spec when the algorithm merges by permutations (aligns the final merge)
     labels: dict[str, str]
     post_topology: Any = None  # the topology of post-merge gossip rounds (final_merge.rounds > 0)
+    init_states: list | None = None  # init_from: (flat vector, integer buffers) per agent
     started: float = 0.0  # time.perf_counter() when setup began (start-up = data, checks, hosts)
 
 
@@ -172,7 +175,8 @@ def _check_scalars(c: dict) -> None:
         (c["agents"] >= 2, f"agents={c['agents']}: a decentralized run needs at least 2 agents"),
         (c["rounds"] >= 1, f"rounds={c['rounds']} must be >= 1"),
         (c["batch_size"] >= 1, f"batch_size={c['batch_size']} must be >= 1"),
-        (c["eval"]["every"] >= 1, f"eval.every={c['eval']['every']} must be >= 1"),
+        (c["eval"]["every"] is None or c["eval"]["every"] >= 1,
+         f"eval.every={c['eval']['every']} must be >= 1 (or null: spaced to keep evaluation within a fifth of the run)"),
         (c["eval"]["batch_size"] >= 1, f"eval.batch_size={c['eval']['batch_size']} must be >= 1"),
         (c["eval"]["max_samples"] is None or c["eval"]["max_samples"] >= 1,
          f"eval.max_samples={c['eval']['max_samples']} must be >= 1 (or null: the full test set)"),
@@ -226,10 +230,19 @@ def _resolve(c: dict, algo: Algorithm) -> None:
         c["local_steps"] = forced
     elif c["local_steps"] is None and c["local_epochs"] is None:
         c["local_epochs"] = 1.0
+    if c["init_from"] is not None:
+        if c["init"] != "auto":
+            raise ConfigError(f"init={c['init']} with init_from={c['init_from']}: the agents start from the saved "
+                              "weights, so there is no init to choose: drop init")
+        folder = Path(c["init_from"]).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"init_from={c['init_from']}: no such folder; give a dimat run folder (phase one's) "
+                              "or a folder of agent_<i>.pt state dicts")
+        c["init_from"] = str(folder.resolve())
     if c["init"] == "auto":
         c["init"] = algo.default_init
     if c["pretrain_epochs"] is None:
-        c["pretrain_epochs"] = 5.0 if c["init"] == "independent" else 0.0
+        c["pretrain_epochs"] = 5.0 if c["init"] == "independent" and c["init_from"] is None else 0.0
     fm = c["final_merge"]
     if fm["enabled"] is None:
         fm["enabled"] = algo.communicates
@@ -244,6 +257,8 @@ def _resolve(c: dict, algo: Algorithm) -> None:
     if fm["rounds"] and algo.uses_merge:
         raise ConfigError(f"final_merge.rounds={fm['rounds']}: post-merge rounds are plain gossip averaging, and "
                           f"algorithm={algo.label}'s agents do not share one basis: use final_merge.rounds=0")
+    if c["exchange_first"] and not algo.communicates:
+        raise ConfigError(f"exchange_first=true: algorithm={algo.label} never exchanges: drop it")
     if not algo.communicates:
         budget = {k: v for k, v in c["budget"].items() if v is not None}
         if budget:
@@ -261,6 +276,26 @@ def _resolve(c: dict, algo: Algorithm) -> None:
         if c["backend"].get("comm") == "torch":
             raise ConfigError(f"algorithm={algo.label} exchanges through a server (the driver); backend.comm=torch "
                               "moves neighbour messages only: use backend.comm=object_store")
+
+
+EVAL_SHARE = 0.2  # evaluation during the run may take this share of a run (eval.every=null)
+EVAL_COST = 1 / 3  # an evaluated sample (a forward pass) against a trained one (forward and backward)
+
+
+def _resolve_eval(c: dict, algo: Algorithm, steps: int, eval_samples: int) -> None:
+    """eval.before_merge=null: on for permutation merges; eval.every=null: the smallest k for which an
+    evaluated round every k rounds costs at most EVAL_SHARE of the run (samples counted, not timed, so the
+    evaluated rounds are the same on every run)."""
+    e = c["eval"]
+    if e["before_merge"] is None:
+        e["before_merge"] = bool(algo.uses_merge and algo.communicates)
+    if e["every"] is None:
+        n = 1 if isinstance(algo, Centralized) else c["agents"]
+        agents = min(n, e["agents"] or n)
+        models = agents * (2 if e["before_merge"] and algo.communicates else 1) + 1  # + the average model
+        evaluated = EVAL_COST * eval_samples * models
+        trained = c["agents"] * steps * c["batch_size"]
+        e["every"] = max(1, math.ceil(evaluated * (1 - EVAL_SHARE) / (EVAL_SHARE * trained)))
 
 
 def _dataset(c: dict, given: Dataset | None) -> Dataset:
@@ -348,13 +383,15 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None =
         c["model"] = describe(model)
     labels["model"] = _name(make_model).rsplit(".", 1)[-1]
     steps = c["local_steps"] or epochs_to_steps(c["local_epochs"], parts, c["batch_size"])
+    eval_index = eval_subsample(ds.y_test, c["eval"]["max_samples"], c["seed"])
+    _resolve_eval(c, algo, steps, len(ds.y_test) if eval_index is None else len(eval_index))
     pretrain = epochs_to_steps(c["pretrain_epochs"], parts, c["batch_size"]) if c["pretrain_epochs"] else 0
 
     # one agent on the driver, built as every host will build its own: the model runs on the data,
     # the optimizer accepts its settings, the algorithm prepares it (a permutation spec derives and self-tests)
     host = HostSpec(model=make_model, algorithm=make_algorithm, batch_size=c["batch_size"], seed=c["seed"],
                     independent_init=c["init"] == "independent", eval_batch_size=c["eval"]["batch_size"],
-                    eval_index=eval_subsample(ds.y_test, c["eval"]["max_samples"], c["seed"]))
+                    eval_index=eval_index)
     example = torch.from_numpy(np.ascontiguousarray(ds.x_train[:2]))
     torch.manual_seed(c["seed"])
     _model_check(make_model, ds, example)
@@ -365,6 +402,9 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None =
     call("algorithm", algo.start, ds, c["seed"], "cpu")
     call("algorithm", algo.prepare, agent, example)
     layout = agent.layout
+    init_states = None
+    if c["init_from"] is not None:  # every file read and checked against this model before anything starts
+        init_states = call("init_from", checkpoint.initial_states, c["init_from"], n, agent.model)
     perm_spec = getattr(algo, "spec", None) if algo.uses_merge else None
 
     b = c["backend"]
@@ -405,5 +445,5 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None =
         schedule=schedule, steps_per_round=steps, pretrain_steps=pretrain,
         centralized=isinstance(algo, Centralized),
         state_bytes=state_bytes, model_bytes=4 * layout.size, perm_spec=perm_spec, labels=labels,
-        post_topology=post_topology, started=started,
+        post_topology=post_topology, init_states=init_states, started=started,
     )

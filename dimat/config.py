@@ -335,7 +335,10 @@ class MergeConf:
     samples: int = 512  # samples used for activation matching and BatchNorm repair
     restarts: int | None = None  # weight matching only (null: 0): extra random starts, best objective kept
     warm_start: bool | None = None  # weight matching only (null: true): start from last round's permutation
-    bn_repair: bool = True
+    bn_repair: bool = True  # re-estimate BatchNorm statistics on the merge samples after each merge
+    # REPAIR: each merged channel gets the interpolated mean and std of the merged models' (every method; the
+    # final global merge too); refused where the model has no place for the correction (dimat.merge.repair)
+    repair: bool = False
 
 
 # --------------------------------------------------------------------------- schedule
@@ -460,11 +463,15 @@ class RayConf(BackendConf):
 class EvalConf:
     """Evaluation during the run is on a fixed class-stratified subsample; the final figures on the full test set."""
 
-    every: int = 1  # evaluate every k rounds (and always at the end)
+    # evaluate every k rounds, and always the last round (on the full test set, every agent); null: the k that keeps
+    # evaluation during the run within a fifth of the run (an evaluated sample costs a third of a trained one)
+    every: int | None = None
     max_samples: int | None = 2000  # the subsample evaluated during the run (null: the full test set)
     agents: int | None = None  # evaluate K agents per evaluated round, rotating (null: every agent)
     batch_size: int = 2048  # inference batch
-    before_merge: bool = True  # also evaluate (on the subsample) just before each merge: acc_before_merge
+    # also evaluate the agents just before each merge (acc_before_merge); null: for algorithms that merge by
+    # permutations (dimat), where before and after differ by more than an average
+    before_merge: bool | None = None
 
 
 @dataclass
@@ -483,9 +490,15 @@ class Config:
     seed: int = 0
     init: str = "auto"  # auto (the algorithm's own: dimat independent, others shared) | independent | shared
     pretrain_epochs: float | None = None  # null: 5 local epochs when init is independent (DIMAT's protocol), else 0
+    # start agent i from agent i's weights in a run folder (its newest checkpoint) or a folder of agent_<i>.pt
+    # state dicts; the optimizers start fresh, pretrain_epochs defaults to 0, and round 0 is evaluated
+    init_from: str | None = None
     local_epochs: float | None = None  # local epochs per round (null: 1, unless local_steps is set)
     local_steps: int | None = None  # local steps per round, instead of local_epochs
     batch_size: int = 32
+    # a round is local training then the exchange; true: the exchange first, then training (DIMAT's code: merge,
+    # then train, then evaluate), so a round's record is after both
+    exchange_first: bool = False
     final_merge: FinalMergeConf = field(default_factory=FinalMergeConf)
     resume: str | None = None  # a run folder to continue from its last checkpoint, with its own config
     logger: str = "none"  # none | tensorboard | mlflow: where per-round records also go

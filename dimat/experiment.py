@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 import topologies
-from dimat.algorithms.final import bn_keys, global_average, pool_bn_stats, set_bn_stats
+from dimat.algorithms.final import bn_keys, global_alignment, pool_bn_stats, repair_global, set_bn_stats
 from dimat.components import ConfigError, Setup
 from dimat.data import own_classes
 from dimat.flat import FlatLayout
@@ -132,13 +132,14 @@ class Driver:
         self.full_counts = np.bincount(s.dataset.y_test, minlength=classes)
         # what the run is evaluated on: a fixed class-stratified subsample of the test set (eval.max_samples)
         self.test_counts = self.full_counts if idx is None else np.bincount(s.dataset.y_test[idx], minlength=classes)
-        self.eval_samples = int(self.test_counts.sum())
         self.eval_cursor = 0  # eval.agents: where the rotating subset of evaluated agents starts
         self.own = (np.ones((1, s.dataset.num_classes), bool) if s.centralized
                     else np.stack([own_classes(h) for h in s.hist]))
         self.sizes = {i: len(p) for i, p in enumerate(s.parts)}
         self.records: list[dict] = []
         self.alive = list(range(n))  # agents still running (run.on_failure=drop removes some)
+        # seconds spent evaluating and measuring: during the rounds (eval_s), the final figures (final_eval_s)
+        self.eval_s = {False: 0.0, True: 0.0}
         self.t_start = time.perf_counter()
 
     def run(self, resume: bool) -> Result:
@@ -148,11 +149,16 @@ class Driver:
         if start is None:
             start = 0
             self.writer.metrics_path.unlink(missing_ok=True)
+            if self.s.init_states is not None:  # init_from: each host gets its own agents' saved weights
+                states = self.s.init_states
+                self.backend.run_each(ops.load_init, [({i: states[i] for i in g},) for g in self.backend.groups])
             if self.s.pretrain_steps:
                 self.backend.run(ops.train, self.s.pretrain_steps)
             if c["run"]["checkpoint_every"]:
                 self.checkpoint(0)  # what a failed host is restored from before the first periodic checkpoint
         self.display.begin(R, start)
+        if not resume and start == 0 and c["init_from"] is not None:  # round 0: the agents as they start
+            self.record({"round": 0, "step": 0}, {}, Outcome(), {}, [])
         every, r, restarts = c["run"]["checkpoint_every"], start + 1, 0
         while r <= R:
             try:
@@ -163,12 +169,10 @@ class Driver:
             except HostFailure as failure:
                 r = self.recover(failure, r) + 1
                 restarts += 1
+        # the last round was evaluated on the full test set and every agent, whatever eval.* chose during the run
         summary = _summarize(c, self.s, self.ledger, self.records)
-        if self.eval_samples < int(self.full_counts.sum()) or c["eval"]["agents"]:
-            # the final figures on the full test set and every agent, whatever eval.* chose during the run
-            final = _measure(self.backend, len(self.alive), self.full_counts, self.own, full=True)
-            summary.update({f"final_{k}": final[k] for k in ("acc_mean", "acc_min", "acc_max", "acc_avg_model")})
-        summary["final_eval_samples"] = int(self.full_counts.sum())
+        summary.update(final_eval_samples=self.records[-1]["eval_samples"], eval_s=self.eval_s[False],
+                       final_eval_s=self.eval_s[True])
         if c["final_merge"]["rounds"]:  # counted in bytes_total; transfers_per_agent stays the training budget
             summary.update(self.post_merge(c["final_merge"]["rounds"]), bytes_total=self.ledger.total,
                            bytes_per_agent_max=int(max(self.ledger.sent.max(), self.ledger.recv.max())))
@@ -180,6 +184,9 @@ class Driver:
         if self.s.started and not self.resumed:  # and everything before them: data, checks, starting the hosts
             summary["startup_s"] = self.t_start - self.s.started
             summary["total_s"] = time.perf_counter() - self.s.started
+        age = _process_age()
+        if age is not None:  # the whole command: interpreter, imports, composing the config, then the above
+            summary["process_s"] = age
         self.writer.write_json("summary.json", summary)
         self.logger.summary(summary)
         self.display.final(summary, self.records, self.writer.dir)
@@ -188,19 +195,35 @@ class Driver:
     def round(self, r: int) -> None:
         c, backend = self.c, self.backend
         R, spr = c["rounds"], self.s.steps_per_round
-        losses = _merge_dicts(backend.run(ops.train, spr))
         progress = Progress(r, R, r * spr, R * spr)
         due = r % c["eval"]["every"] == 0 or r == R
         rec: dict = {"round": r, "step": progress.step}
-        plan, outcome = self.communicate(r, progress, due, rec) if self.algorithm.communicates else ({}, Outcome())
+        talk = self.algorithm.communicates
+        if c["exchange_first"] and talk:  # DIMAT's own order: merge with the neighbours, then train
+            plan, outcome = self.communicate(r, progress, due, rec, full=r == R)
+            losses = _merge_dicts(backend.run(ops.train, spr))
+        else:
+            losses = _merge_dicts(backend.run(ops.train, spr))
+            plan, outcome = self.communicate(r, progress, due, rec, full=r == R) if talk else ({}, Outcome())
         rolled_back = sorted({i for i, v in losses.items() if v == float("inf")} | set(outcome.rolled_back))
         if rolled_back:
             self.display.print(f"[yellow]round {r}: agents {rolled_back} diverged and were rolled back[/]")
-        if not due:
-            return
-        ids = self.evaluated_agents()
-        rec.update(_measure(backend, len(self.alive), self.test_counts, self.own, ids=ids))
-        rec["eval_samples"] = self.eval_samples
+        if due:
+            self.record(rec, plan, outcome, losses, rolled_back, full=r == R)
+        else:
+            self.display.tick(r)
+
+    def record(self, rec: dict, plan: dict, outcome: Outcome, losses: dict, rolled_back: list[int], *,
+               full: bool = False) -> None:
+        """Evaluate (the subsample and the agents due; `full`: the whole test set and every agent), complete
+        the round's record and write it."""
+        c, backend = self.c, self.backend
+        ids = None if full else self.evaluated_agents()
+        t0 = time.perf_counter()
+        counts = self.full_counts if full else self.test_counts
+        rec.update(_measure(backend, len(self.alive), counts, self.own, ids=ids, full=full))
+        self.eval_s[full] += time.perf_counter() - t0
+        rec["eval_samples"] = int(counts.sum())
         if ids is not None:
             rec["evaluated_agents"] = ids
         if len(self.alive) < self.n:
@@ -210,7 +233,7 @@ class Driver:
             budget_spent=self.schedule.spent_bytes if self.schedule else 0, budget_bytes=c["budget"]["bytes"],
             exchanges_planned=self.schedule.last_planned if self.schedule else 0, exchanges=plan_size(plan),
             merge_s=outcome.merge_s, rolled_back=rolled_back,
-            loss_mean=float(np.nanmean([v for v in losses.values() if np.isfinite(v)] or [np.nan])),
+            loss_mean=_finite_mean(losses.values()),
             bytes_sent=self.ledger.sent, bytes_recv=self.ledger.recv, wall_s=time.perf_counter() - self.t_start,
         )
         self.writer.append(rec)
@@ -218,7 +241,8 @@ class Driver:
         self.logger.log(self.records[-1])
         self.display.round(rec)
 
-    def communicate(self, r: int, progress: Progress, due: bool, rec: dict) -> tuple[dict, Outcome]:
+    def communicate(self, r: int, progress: Progress, due: bool, rec: dict, full: bool = False
+                    ) -> tuple[dict, Outcome]:
         """Measure what the schedule needs, let it plan, run the algorithm's phases over the plan."""
         s, backend, algo, n = self.s, self.backend, self.algorithm, len(self.alive)
         top = s.topology.at(r - 1) if isinstance(s.topology, topologies.TimeVarying) else s.topology
@@ -226,13 +250,16 @@ class Driver:
         if n < self.n:
             W = restrict_mixing(W, self.alive)
         measured: dict = {}
+        t0 = time.perf_counter()
         if due or "consensus" in self.schedule.needs:
             measured["consensus"] = rec["consensus_before_merge"] = _consensus(backend, n)[0]
         if "drift" in self.schedule.needs:
             measured["drift"] = _merge_dicts(backend.run(ops.drift))
-        if due and self.c["eval"]["before_merge"]:  # the agents evaluated after the merge, on the same subsample
-            acc = _agent_acc(backend, self.test_counts, self.evaluated_agents(advance=False))
+        if due and self.c["eval"]["before_merge"]:  # the agents evaluated after the merge, on the same samples
+            ids = None if full else self.evaluated_agents(advance=False)
+            acc = _agent_acc(backend, self.full_counts if full else self.test_counts, ids, full)
             rec["acc_before_merge"] = float(np.mean(acc))
+        self.eval_s[full] += time.perf_counter() - t0
         plan = self.schedule.plan(progress, W, measured)
         rows = self.schedule.mix(W, plan)
         t0 = time.perf_counter()
@@ -314,8 +341,8 @@ class Driver:
         return r
 
 
-def _agent_acc(backend, test_counts: np.ndarray, ids: list[int] | None = None) -> list[float]:
-    correct = _merge_dicts(backend.run(ops.evaluate, False, ids))
+def _agent_acc(backend, test_counts: np.ndarray, ids: list[int] | None = None, full: bool = False) -> list[float]:
+    correct = _merge_dicts(backend.run(ops.evaluate, full, ids))
     return [accuracy(correct[i], test_counts) for i in sorted(correct)]
 
 
@@ -342,20 +369,25 @@ def _measure(backend, n: int, test_counts: np.ndarray, own: np.ndarray, *, full:
 
 
 def _final_merge(c: dict, s: Setup, backend, n: int, test_counts: np.ndarray) -> dict:
-    """All agents into one model (aligned when the run merged by permutations), BN pooled, evaluated."""
+    """All agents into one model (aligned when the run merged by permutations), BN pooled or REPAIRed, evaluated."""
     t0 = time.perf_counter()
-    states = [v for _, v in sorted(_merge_dicts(backend.run(ops.states)).items())]
-    layout = FlatLayout.of(build_agent_model(s.host, s.dataset, 0))
-    merged = global_average(states, layout, s.perm_spec)
-    keys = bn_keys(layout)
-    if keys:
-        samples = c["merge"]["samples"] if c["merge"] else 512
+    ids, states = zip(*sorted(_merge_dicts(backend.run(ops.states)).items()))
+    model = build_agent_model(s.host, s.dataset, 0)
+    layout = FlatLayout.of(model)
+    merged, perms = global_alignment(list(states), layout, s.perm_spec)
+    samples = c["merge"]["samples"] if c["merge"] else 512
+    repair_bytes = 0
+    if c["merge"] and c["merge"]["repair"]:
+        perms = dict(zip(ids, perms)) if perms is not None else None
+        merged, repair_bytes = repair_global(backend, merged, model, perms, s.perm_spec, s.dataset.x_train[:2],
+                                             samples)
+    elif keys := bn_keys(layout):
         per_shard = [x for h in backend.run(ops.bn_stats, merged, keys, samples) for x in h]
         merged = set_bn_stats(merged, layout, pool_bn_stats(per_shard))
     acc = accuracy(backend.run_one(0, ops.evaluate_state, merged, True), test_counts)
-    # every agent uploads its state and downloads the merged one
+    # every agent uploads its state and downloads the merged one (and REPAIR's statistics travel)
     return {
-        "final_acc_global_merge": acc, "bytes_final_merge": 2 * n * s.model_bytes,
+        "final_acc_global_merge": acc, "bytes_final_merge": 2 * n * s.model_bytes + repair_bytes,
         "final_merge_s": time.perf_counter() - t0,
     }
 
@@ -371,6 +403,26 @@ def _summarize(c: dict, s: Setup, ledger: ByteLedger, records: list[dict]) -> di
         "transfers_per_agent": float(ledger.recv.mean()) / s.model_bytes,
         "transfers_per_agent_max": float(ledger.recv.max()) / s.model_bytes,
     }
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux: /proc), None elsewhere."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time after boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _finite_mean(values) -> float | None:
+    """The mean of the finite values (a diverged agent reports +inf), None when there are none."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def _json_ready(rec: dict) -> dict:

@@ -77,6 +77,11 @@ class Display:
         )
         self.bar.update(self.task, completed=rec["round"], description=desc)
 
+    def tick(self, r: int) -> None:
+        """A round without evaluation: the bar moves, the last figures stay."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=r)
+
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
@@ -88,7 +93,8 @@ class Display:
             parts = [f"{k}={_pct(summary[k])}" for k in ("final_acc_mean", "final_acc_global_merge") if k in summary]
             parts.append(f"bytes_total={_bytes(summary['bytes_total'])}")
             if "total_s" in summary:
-                parts.append(f"{summary['total_s']:.1f} s ({summary['startup_s']:.1f} s start-up)")
+                whole = f", {summary['process_s']:.1f} s the whole process" if "process_s" in summary else ""
+                parts.append(f"{summary['total_s']:.1f} s ({summary['startup_s']:.1f} s start-up{whole})")
             where = f" · {run_dir}" if run_dir is not None else ""
             self.console.print(f"{summary.get('algorithm', 'run')} done: " + " · ".join(parts) + where, soft_wrap=True)
             return

@@ -9,7 +9,8 @@ import dimat
 CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
 
 # tiny, fast settings any end-to-end test can start from
-TINY = ["data=synthetic", "model=mlp", "model.hidden=[32]", "rounds=2", "agents=4", "batch_size=16", "run.progress=false"]
+TINY = ["data=synthetic", "model=mlp", "model.hidden=[32]", "rounds=2", "agents=4", "batch_size=16", "run.progress=false",
+        "eval.every=1"]
 
 
 def tiny_overrides(overrides: list[str]) -> list[str]:

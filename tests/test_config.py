@@ -25,7 +25,9 @@ GROUPS = ["data", "partition", "model", "topology", "algorithm", "merge", "sched
 
 
 def options(group: str) -> list[str]:
-    return sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONF, group, "*.yaml")))
+    """The group's options, those in subfolders too (experiment=dimat_protocol/dimat)."""
+    root = os.path.join(CONF, group)
+    return sorted(os.path.relpath(p, root)[:-5] for p in glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True))
 
 
 CASES = [(g, o) for g in GROUPS for o in options(g) if o != "custom"]
@@ -93,11 +95,23 @@ def test_options_belong_to_their_component():
             compose_cfg(bad)
 
 
+TINY_PRESET = ["data=synthetic", "rounds=2", "agents=4", "batch_size=16", "run.progress=false", "backend=inprocess"]
+
+
+@pytest.fixture(scope="module")
+def phase_one(tmp_path_factory):
+    """A tiny phase one of DIMAT's protocol: the folder the phase-two presets start from."""
+    d = tmp_path_factory.mktemp("alone")
+    run(compose_cfg(["experiment=dimat_protocol/alone", *TINY_PRESET, f"run.dir={d}"]))
+    return d
+
+
 @pytest.mark.parametrize("preset", options("experiment"))
-def test_every_preset_runs_in_a_tiny_mode(preset, tmp_path):
-    cfg = compose_cfg([f"experiment={preset}", "data=synthetic", "rounds=2", "agents=4", "batch_size=16",
-                       "run.progress=false", "backend=inprocess", f"run.dir={tmp_path}"])
-    res = run(cfg)
+def test_every_preset_runs_in_a_tiny_mode(preset, tmp_path, request):
+    overrides = [f"experiment={preset}", *TINY_PRESET, f"run.dir={tmp_path}"]
+    if compose_cfg(overrides).init_from is not None:  # phase two of a protocol: it names its phase one
+        overrides.append(f"init_from={request.getfixturevalue('phase_one')}")
+    res = run(compose_cfg(overrides))
     assert res.records and res.records[-1]["round"] == 2
 
 

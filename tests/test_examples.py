@@ -15,7 +15,7 @@ from dimat.metrics import read_metrics
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SMALL = ["agents=4", "rounds=3", "run.progress=false", "backend.timeout_s=120", "+data.n_train=600",
-         "+data.n_test=300"]
+         "+data.n_test=300", "eval.every=1"]
 BY_TARGET = ["data=custom", "data._target_=mylab.data.spirals", "model=custom", "model._target_=mylab.models.ResidualMLP",
              "+model.width=16", "algorithm=custom", "algorithm._target_=mylab.algorithms.TrimmedMean",
              "+algorithm.trim=1"]
@@ -77,3 +77,31 @@ def test_dimat_aligns_the_users_model_in_its_merges_and_the_global_merge(tmp_pat
     assert stream and ("stem.weight", 0) in s.perm_spec.groups[stream[0]]  # the residual stream is one group
     res = dimat.run(cfg, model=ResidualMLP, dataset=spirals(n_train=600, n_test=300))
     assert res.summary["final_acc_global_merge"] > 0.5
+
+
+def test_a_users_model_starts_from_its_own_state_dicts(tmp_path, monkeypatch):
+    """init_from with a model dimat has never seen: agent_<i>.pt state dicts a user saved themselves."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import torch
+
+    import dimat
+    from dimat.components import setup
+    from mylab.data import spirals
+    from mylab.models import ResidualMLP
+
+    data = spirals(n_train=600, n_test=300)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    models = []
+    for i in range(4):
+        torch.manual_seed(100 + i)
+        models.append(ResidualMLP(input_shape=data.input_shape, num_classes=data.num_classes))
+        torch.save(models[-1].state_dict(), folder / f"agent_{i}.pt")
+    cfg = dimat.compose(["agents=4", "rounds=1", "backend=inprocess", "run.progress=false", "partition=iid",
+                         "eval.max_samples=null", f"init_from={folder}", f"run.dir={tmp_path}/run"])
+    res = dimat.run(cfg, model=ResidualMLP, dataset=data)
+    prepared = setup(dimat.api.to_plain(cfg), model=ResidualMLP, dataset=data).dataset  # as the agents see it
+    x = torch.from_numpy(prepared.x_test)
+    with torch.no_grad():
+        expected = [float((m.eval()(x).argmax(1).numpy() == prepared.y_test).mean()) for m in models]
+    assert res.records[0]["round"] == 0 and res.records[0]["acc"] == pytest.approx(expected)

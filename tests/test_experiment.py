@@ -123,10 +123,31 @@ def test_final_figures_are_on_the_full_test_set_whatever_eval_says(tiny, tmp_pat
     default = run(tiny(*big, f"run.dir={tmp_path}/default"))  # a 2,000-sample subsample during the run
     for key in ("final_acc_mean", "final_acc_min", "final_acc_max", "final_acc_avg_model", "final_acc_global_merge"):
         assert light.summary[key] == full.summary[key] == default.summary[key], key
-    assert [r["eval_samples"] for r in light.records] == [100, 100] and full.records[-1]["eval_samples"] == 3000
-    assert default.records[-1]["eval_samples"] == 2000 and light.summary["final_eval_samples"] == 3000
-    assert [r["evaluated_agents"] for r in light.records] == [[0, 1], [2, 3]]  # a rotating subset of 2
-    assert len(light.records[0]["acc"]) == 2 and "evaluated_agents" not in full.records[-1]
+    # during the run: the subsample and the agents due; the last round: the full test set and every agent
+    assert [r["eval_samples"] for r in light.records] == [100, 3000] and full.records[-1]["eval_samples"] == 3000
+    assert [r["eval_samples"] for r in default.records] == [2000, 2000, 3000]
+    assert light.summary["final_eval_samples"] == 3000
+    assert [r.get("evaluated_agents") for r in light.records] == [[0, 1], None]  # a rotating subset of 2, then all
+    assert len(light.records[0]["acc"]) == 2 and len(light.records[-1]["acc"]) == 4
+    assert light.summary["eval_s"] > 0 and light.summary["final_eval_s"] > 0
+
+
+@pytest.mark.parametrize("algorithm, before", [("dsgd", False), ("dimat", True), ("local", False)])
+def test_by_default_evaluation_takes_at_most_a_fifth_of_the_run(tiny, algorithm, before):
+    """eval.every=null spaces evaluated rounds so that evaluation (forward passes, a third of a trained sample's
+    cost) stays within a fifth of the run; eval.before_merge=null evaluates before merges only for dimat."""
+    from dimat.api import to_plain
+    from dimat.components import EVAL_COST, setup
+
+    s = setup(to_plain(tiny(f"algorithm={algorithm}", "backend=inprocess", "eval.every=null", "agents=8",
+                            "data.n_test=2000")))
+    e = s.cfg["eval"]
+    assert e["before_merge"] is before
+    trained = 8 * s.steps_per_round * s.cfg["batch_size"]  # samples per round
+    evaluated = EVAL_COST * 2000 * (8 * (2 if before else 1) + 1)  # per evaluated round
+    share = lambda every: evaluated / (evaluated + every * trained)  # noqa: E731
+    assert share(e["every"]) <= 0.2 < share(e["every"] - 1) or e["every"] == 1
+    assert e["every"] > 1  # 8 agents, 512 training samples, 2,000 test samples: evaluation must be spaced out
 
 
 def test_the_evaluation_subsample_is_class_stratified():
@@ -137,3 +158,14 @@ def test_the_evaluation_subsample_is_class_stratified():
     assert len(idx) == 400 and np.array_equal(idx, np.sort(idx))
     assert np.bincount(y[idx], minlength=10).tolist() == [100, 60, 40, 20, 20, 20, 20, 20, 20, 80]
     assert eval_subsample(y, 5000, seed=0) is None  # asking for at least the whole set: the whole set
+
+
+def test_exchange_first_merges_before_the_local_steps(tiny):
+    # on the full graph (W = 1/N) an exchange leaves every agent at the average: exact consensus when the round
+    # ends with it; with exchange_first the agents then train on their own shards and have moved apart
+    last = run(tiny("algorithm=dsgd", "backend=inprocess", "topology=full", "rounds=1"))
+    first = run(tiny("algorithm=dsgd", "backend=inprocess", "topology=full", "rounds=1", "exchange_first=true"))
+    assert last.records[-1]["consensus"] < 1e-8 < first.records[-1]["consensus"]
+    assert first.records[-1]["bytes_total"] == last.records[-1]["bytes_total"] > 0
+    with pytest.raises(ConfigError, match="exchange_first"):
+        run(tiny("algorithm=local", "backend=inprocess", "exchange_first=true"))

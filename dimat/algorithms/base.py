@@ -42,7 +42,7 @@ class Received:
     """One message an agent received this round, with its mixing weight."""
 
     source: int
-    state: np.ndarray  # flat float32 vector (read-only: it may live in the object store)
+    state: np.ndarray  # flat float32 vector, read-only (the object store, or a buffer reused next exchange)
     weight: float
 
 
@@ -141,8 +141,11 @@ class Algorithm:
         return agent.train(steps)
 
     def payload(self, agent: Agent) -> np.ndarray:
-        """What the agent sends its neighbours: a copy of its flat state (subclasses may add more)."""
-        return agent.state().copy()
+        """What the agent sends its neighbours: its flat state, as a read-only view (the transport copies a
+        message once, into the object store or a snapshot; subclasses may add more)."""
+        state = agent.state()
+        state.flags.writeable = False  # a subclass that edits it in place would edit the agent
+        return state
 
     def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> dict | None:
         """Merge the received messages into `agent` (default: the gossip average with the mixing row)."""

@@ -85,3 +85,103 @@ def saved_round(run_dir: Path) -> int | None:
         except Exception:  # noqa: BLE001 - missing or damaged: try the older one
             continue
     return None
+
+
+# --------------------------------------------------------------------------- init_from
+def initial_states(source: str, n: int, model: torch.nn.Module, warn=print) -> list[tuple[torch.Tensor, dict]]:
+    """`init_from=DIR`: agent i's starting weights, as (flat float32 vector, integer buffers) per agent.
+
+    DIR is a dimat run folder (its newest readable checkpoint, falling back as resume does), a checkpoint
+    folder itself, or a folder of `agent_<i>.pt` state dicts (one per agent, loaded with weights_only=True).
+    `model` is this run's architecture: every file must match it key for key and shape for shape. Raises
+    ValueError with one line naming the problem and the fix.
+    """
+    from dimat.flat import FlatLayout
+
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"init_from={source}: no such folder; give a dimat run folder or a folder of "
+                         "agent_<i>.pt state dicts")
+    layout = FlatLayout.of(model)
+    ints = {k: v for k, v in model.state_dict().items() if not v.is_floating_point()}
+    candidates = [folder / name for name in FOLDERS if (folder / name / "driver.pt").exists()]
+    if not candidates and ((folder / "config.yaml").exists() or (folder / "checkpoint.tmp").exists()):
+        raise ValueError(f"init_from={source}: this dimat run has no complete checkpoint (was it run with "
+                         "run.checkpoint_every=0, or stopped before its first one?): rerun it with checkpoints")
+    if not candidates:
+        candidates = [folder]
+    errors = []
+    for k, candidate in enumerate(candidates):
+        try:
+            states = _read_agents(candidate, n, layout, ints, source)
+        except _Unreadable as e:
+            errors.append(str(e))
+            if k + 1 < len(candidates):
+                warn(f"init_from: {candidate.name} is unreadable ({e}); trying {candidates[k + 1].name}")
+            continue
+        return states
+    raise ValueError(errors[-1])
+
+
+class _Unreadable(ValueError):
+    """A file that cannot be read at all (truncated, not a torch file): an older checkpoint may do."""
+
+
+def _read_agents(folder: Path, n: int, layout, ints: dict, source: str) -> list[tuple[torch.Tensor, dict]]:
+    files = sorted(folder.glob("agent_*.pt"))
+    found = sorted(int(f.stem[len("agent_"):]) for f in files if f.stem[len("agent_"):].isdigit())
+    if found != list(range(n)):
+        have = f"agent_0..agent_{found[-1]}" if found == list(range(len(found))) and found else \
+            (", ".join(f"agent_{i}" for i in found[:6]) or "no agent_<i>.pt file")
+        raise ValueError(f"init_from={source}: {folder} holds {have} ({len(found)} agents) but this run has "
+                         f"agents={n}: give agents={len(found)} or a folder with agent_0.pt..agent_{n - 1}.pt")
+    out = []
+    for i in range(n):
+        path = folder / f"agent_{i}.pt"
+        try:
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - truncated, not a torch file, or pickled objects beyond tensors
+            raise _Unreadable(f"init_from={source}: {path.name} cannot be loaded with weights_only=True "
+                              f"({type(e).__name__}): save plain state dicts of tensors") from e
+        out.append(_as_state(obj, path, layout, ints, source))
+    return out
+
+
+def _as_state(obj, path: Path, layout, ints: dict, source: str) -> tuple[torch.Tensor, dict]:
+    """A dimat snapshot ({vec, ints, ...}) or a plain state dict, checked against this run's model."""
+    where = f"init_from={source}: {path.name}"
+    if isinstance(obj, dict) and "vec" in obj and "ints" in obj:  # one of dimat's own checkpoints
+        vec = obj["vec"]
+        if not isinstance(vec, torch.Tensor) or vec.dim() != 1 or vec.numel() != layout.size:
+            size = vec.numel() if isinstance(vec, torch.Tensor) else type(vec).__name__
+            raise ValueError(f"{where} holds a model of {size} floats, this run's model has {layout.size}: "
+                             "choose the model (and its keys) the saved run was trained with")
+        state_ints = dict(obj["ints"])
+    elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
+        bad = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
+        if bad is not None:
+            raise ValueError(f"{where}: {bad} is a {type(obj[bad]).__name__}, not a tensor: save "
+                             "model.state_dict()")
+        expected = set(layout.keys) | set(ints)
+        missing = [k for k in (*layout.keys, *ints) if k not in obj]
+        unexpected = [k for k in obj if k not in expected]
+        if missing or unexpected:
+            what = (f"lacks {missing[0]}, which this run's model has" if missing
+                    else f"has {unexpected[0]}, which this run's model does not have")
+            raise ValueError(f"{where} {what}: choose the model the weights were trained with (state dicts "
+                             "must match key for key)")
+        for k, shape in zip(layout.keys, layout.shapes):
+            if tuple(obj[k].shape) != shape:
+                raise ValueError(f"{where}: {k} has shape {tuple(obj[k].shape)}, this run's model has {shape}: "
+                                 "choose the model (and its keys) the weights were trained with")
+        vec = layout.flatten(obj)
+        state_ints = {k: obj[k] for k in ints}
+    else:
+        raise ValueError(f"{where} is a {type(obj).__name__}, not a state dict: save model.state_dict() "
+                         "(tensors by name)")
+    if not bool(torch.isfinite(vec).all()):
+        raise ValueError(f"{where} holds non-finite weights: start from another folder")
+    if set(state_ints) != set(ints):
+        raise ValueError(f"{where}: its integer buffers {sorted(state_ints)[:3]} differ from this run's model's "
+                         f"{sorted(ints)[:3]}: choose the model the weights were trained with")
+    return vec.float().contiguous(), state_ints

@@ -3,8 +3,10 @@
 Driver side, `run_exchange` walks `algorithm.phases` (see `dimat.algorithms.base`):
 
 - ``gossip``: the hosts of the planned senders `publish` each sender's message
-  once (an object-store reference with Ray, the array in-process); every host
-  then `deliver`s to its receivers the messages their rows name.
+  once: put (an object-store reference with Ray) when another host reads it,
+  kept on the host as a snapshot when only its own receivers do; every host
+  then `deliver`s to its receivers the messages their rows name, fetching each
+  message it needs from another host once.
 - ``reply``: the replies the previous phase returned, keyed (replier, owner),
   are delivered to their owners along the reversed rows.
 - ``server``: every agent's message goes to the driver, the driver's algorithm
@@ -21,6 +23,7 @@ weights turn non-finite back, and reports every transfer it received.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +41,9 @@ def _algorithm(host, plain: bool):
 
 # --------------------------------------------------------------------------- host side
 def _messages(host, k: int, ids, plain: bool = False) -> dict[int, np.ndarray]:
-    """Phase k's messages of the hosted agents `ids`, as contiguous float32 arrays."""
+    """Phase k's messages of the hosted agents `ids`, as contiguous float32 arrays. They may be read-only
+    views of the agents' live states (the default payload is): whatever must outlast a change to an agent
+    is copied by the caller, once (`host.put`, `host.snapshot`)."""
     algo = _algorithm(host, plain)
     send = getattr(algo, algo.phases[k].send)
     out = {}
@@ -54,14 +59,23 @@ def _messages(host, k: int, ids, plain: bool = False) -> dict[int, np.ndarray]:
     return out
 
 
-def publish(host, k: int, ids: list[int], plain: bool = False) -> dict:
-    """Handles to phase k's messages of the hosted agents `ids` (each made once)."""
-    return host.put(_messages(host, k, ids, plain))
+def publish(host, k: int, ids: Sequence[int], plain: bool = False, local: Sequence[int] = ()) -> dict:
+    """Handles to phase k's messages of the hosted agents `ids`, which another host (or the driver) reads; the
+    messages of the agents `local`, which only this host's receivers read, stay here as snapshots. Each
+    message is made and copied once (`ray.put` copies straight from the agent's state)."""
+    msgs = _messages(host, k, sorted({*ids, *local}), plain)
+    handles = host.put({j: msgs[j] for j in ids})
+    host.outbox = ({j: host.snapshot((k, j), msgs[j]) for j in local}, handles)
+    return handles
 
 
 def deliver(host, k: int, rows: Rows, handles: dict, plain: bool = False) -> dict:
-    """Phase k for this host's receivers: fetch what `rows` names and hand it to the phase's handler."""
-    out = _receive(host, k, rows, host.fetch(handles), plain)
+    """Phase k for this host's receivers: the messages `rows` names (the other hosts' by `handles`, this host's
+    own as `publish` left them), handed to the phase's handler."""
+    (kept, own), host.outbox = host.outbox, ({}, {})
+    need = {j for i, (_, row) in rows.items() if i in host.agents for j, _ in row}
+    inbox = {**kept, **host.fetch({**{j: h for j, h in own.items() if j in need}, **handles})}
+    out = _receive(host, k, rows, inbox, plain)
     out["replies"] = host.put(out["replies"])
     return out
 
@@ -86,7 +100,7 @@ def _receive(host, k: int, rows: Rows, inbox: dict, plain: bool = False) -> dict
         if last:  # what every algorithm needs after a merge, done here once
             if i in host.received and algo.opt_state == "reset":
                 a.reset_optimizer()
-            good = a.vec.detach().clone()
+            good = host.saved(a.vec)  # one agent at a time: a buffer the host reuses
         t0 = time.perf_counter()
         out = handler(a, self_w, received)
         merge_s += time.perf_counter() - t0
@@ -121,7 +135,8 @@ def exchange_p2p(host, plans: list[tuple[Rows, dict, dict]], plain: bool = False
         size = algo.message_floats(k, layout)
         if algo.phases[k].kind == "gossip":
             local = {j for _, row in rows.values() for j, _ in row if j in host.agents}
-            outgoing = _messages(host, k, sorted(local.union(*send_to.values())), plain)
+            made = _messages(host, k, sorted(local.union(*send_to.values())), plain)
+            outgoing = {j: host.snapshot((k, j), v) for j, v in made.items()}  # local receivers merge in place
         else:  # the previous phase's replies: local ones directly, the others by message
             outgoing = replies
         res = _receive(host, k, rows, {**outgoing, **p2p.swap(outgoing, send_to, recv_from, size, host.device)}, plain)
@@ -156,6 +171,16 @@ def reverse_rows(rows: Rows) -> Rows:
         for j, w in row:
             back.setdefault(j, []).append((i, w))
     return {j: (rows[j][0] if j in rows else 1.0, sorted(src)) for j, src in back.items()}
+
+
+def split_senders(groups: list[list[int]], rows: Rows) -> tuple[list[list[int]], list[list[int]]]:
+    """Per host, the planned senders among its agents that another host's receivers read (their messages go
+    to the object store) and those that only its own receivers read (their messages stay on the host)."""
+    owner = {i: h for h, g in enumerate(groups) for i in g}
+    senders = {j for _, row in rows.values() for j, _ in row}
+    remote = {j for i, (_, row) in rows.items() for j, _ in row if owner.get(i) != owner.get(j)}
+    return ([sorted(j for j in g if j in remote) for g in groups],
+            [sorted(j for j in g if j in senders - remote) for g in groups])
 
 
 def _merge(dicts: list[dict]) -> dict:
@@ -201,13 +226,12 @@ def run_exchange(backend, algorithm, rows: Rows, alive: list[int], sizes: dict[i
             phase_rows = {i: (0.0, [(SERVER, 1.0)]) for i in alive}
             args = [(k, {i: phase_rows[i] for i in g if i in phase_rows}, {SERVER: ref}, plain) for g in backend.groups]
         elif p.kind == "gossip":
-            senders = {j for _, row in rows.values() for j, _ in row}
-            handles = _merge(backend.run_each(publish, [(k, [j for j in g if j in senders], plain)
-                                                        for g in backend.groups]))
+            remote, local = split_senders(backend.groups, rows)
+            handles = _merge(backend.run_each(publish, [(k, r, plain, lo) for r, lo in zip(remote, local)]))
             args = []
             for g in backend.groups:
                 mine = {i: rows[i] for i in g if i in rows}
-                need = {j for _, row in mine.values() for j, _ in row}
+                need = {j for _, row in mine.values() for j, _ in row} - set(g)  # this host's own: kept or put
                 args.append((k, mine, {j: handles[j] for j in need}, plain))
             prev = rows
         else:

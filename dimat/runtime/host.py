@@ -76,6 +76,11 @@ class AgentHost:
         # the state each agent last sent, kept only for schedules that measure drift (one model per agent)
         self.last_sent = {i: a.state().copy() for i, a in self.agents.items()} if spec.track_sent else {}
         self.received: set[int] = set()  # agents that received messages in the current exchange
+        # between an exchange's publish and deliver: (snapshots of messages only this host reads, handles of
+        # the published ones), see `dimat.runtime.exchange.publish`
+        self.outbox: tuple[dict, dict] = ({}, {})
+        self._buffers: dict = {}  # reused message snapshots, by (phase, agent)
+        self._saved: torch.Tensor | None = None  # reused copy of the state an agent rolls back to
         self._scratch: tuple[torch.nn.Module, torch.Tensor] | None = None
 
     def run(self, fn: Callable, *args: Any) -> Any:
@@ -84,12 +89,13 @@ class AgentHost:
 
     # -- what the operations share ------------------------------------------
     def put(self, arrays: dict) -> dict:
-        """Handles other hosts can fetch: object-store references with Ray, the arrays themselves in-process."""
+        """Handles other hosts can fetch, to snapshots of the arrays (which may be views of live states):
+        object-store references with Ray (`ray.put` copies), copies in-process."""
         if self.transport == "ray":
             import ray
 
             return {k: ray.put(v) for k, v in arrays.items()}
-        return arrays
+        return {k: np.array(v) for k, v in arrays.items()}
 
     def fetch(self, handles: dict) -> dict:
         if self.transport == "ray" and handles:
@@ -98,6 +104,23 @@ class AgentHost:
             keys = list(handles)
             return dict(zip(keys, ray.get([handles[k] for k in keys], timeout=self.timeout_s)))
         return handles
+
+    def snapshot(self, key, array: np.ndarray) -> np.ndarray:
+        """A read-only copy of `array` in a buffer reused for `key` at every exchange: no fresh pages to
+        fault in, which costs more than the copy itself at a few MB."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != array.shape or buf.dtype != array.dtype:
+            buf = self._buffers[key] = np.empty_like(array)
+        buf.flags.writeable = True
+        np.copyto(buf, array)
+        buf.flags.writeable = False
+        return buf
+
+    def saved(self, vec: torch.Tensor) -> torch.Tensor:
+        """`vec` copied into one buffer the host reuses (good until the next call: one agent at a time)."""
+        if self._saved is None or self._saved.shape != vec.shape or self._saved.device != vec.device:
+            self._saved = torch.empty_like(vec)
+        return self._saved.copy_(vec.detach())
 
     def scratch_model(self) -> tuple[torch.nn.Module, torch.Tensor]:
         """A spare model of the agents' architecture over its own flat vector, built once."""

@@ -6,6 +6,7 @@ with `backend.run(op, ...)`; the results come back in host order.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from dimat.flat import as_tensor
 
 def rolled_back(agent: Agent, good: torch.Tensor) -> bool:
     """If the agent's weights are not finite, put `good` back with a fresh optimizer; whether it did."""
-    if bool(torch.isfinite(agent.vec).all()):
+    # a finite sum proves every weight finite (NaN and inf propagate) in one pass without a boolean
+    # tensor; a non-finite sum (NaN/inf, or finite weights that overflow) gets the element-wise check
+    if math.isfinite(agent.vec.sum().item()) or bool(torch.isfinite(agent.vec).all()):
         return False
     agent.load(good)
     agent.reset_optimizer()
@@ -141,3 +144,14 @@ def node(host) -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
+
+
+def load_init(host, states: dict[int, tuple]) -> None:
+    """`init_from`: the hosted agents start from the given (flat vector, integer buffers), fresh optimizers."""
+    for i, (vec, ints) in states.items():
+        a = host.agents[i]
+        a.load(vec)
+        a.load_ints(ints)
+        a.reset_optimizer()
+        if host.spec.track_sent:
+            host.last_sent[i] = a.state().copy()

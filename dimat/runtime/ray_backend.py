@@ -4,10 +4,18 @@ One actor costs a process (~280 MB, ~1.5 s to start on 2 cores), so agents
 are grouped: by default one actor per CPU, each with a block of agents and a
 torch thread count equal to the CPUs it owns. The dataset is put in the
 object store once and read zero-copy by every actor on the node.
+
+Start-up is most of what a small run costs, so a local run starts a lean
+private Ray (`start_local_ray`: loopback only, none of the Ray components a
+simulation on one machine leaves unused), and the actors start bare: their
+processes import torch and dimat while the driver puts the dataset, then
+build their agents (`HostActor`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import math
 import os
@@ -18,13 +26,44 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from dimat.runtime import ops
 from dimat.runtime.base import Backend, HostFailure, assign_agents, free_cpus, resolve_device
 from dimat.runtime.host import AgentHost, HostSpec
 
 
+# Ray components a local simulation never uses, each started by a function that Ray looks up while ray.init
+# runs (module, attribute, stand-in): the dashboard head, which with include_dashboard=False only reports usage
+# statistics yet holds ray.init until it is up (~2-3 s); the autoscaler's monitor (one node, fixed resources);
+# and the dashboard agent's metrics, HTTP and reporter modules, which Ray's minimal install runs without. The
+# raylet refuses to start without its dashboard agent and runtime-env agent, so those two processes stay.
+LEAN = (
+    ("ray._private.services", "start_api_server", lambda *args, **kwargs: (None, None)),
+    ("ray._private.node", "Node.start_monitor", lambda self: None),
+    ("ray._private.utils", "get_dashboard_dependency_error", lambda: "a local dimat run loads no dashboard modules"),
+)
+
+
+@contextlib.contextmanager
+def lean_ray():
+    """Within it, ray.init starts a local instance without the components `LEAN` names. One that this Ray
+    version does not have where `LEAN` says is left alone (the run works, with that component running)."""
+    saved = []
+    for module, path, stand_in in LEAN:
+        owner = importlib.import_module(module)
+        *parents, name = path.split(".")
+        for parent in parents:
+            owner = getattr(owner, parent, None)
+        if owner is not None and callable(getattr(owner, name, None)):
+            saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, stand_in)
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(saved):
+            setattr(owner, name, original)
+
+
 def start_local_ray(num_cpus: int | None) -> bool:
-    """A private Ray instance bound to 127.0.0.1, without the dashboard; returns the flag to restore.
+    """A private, lean Ray instance bound to 127.0.0.1 (see `LEAN`); returns the flag to restore.
 
     Ray listens on the host's address unless clusters are disabled: the child
     processes read the environment variable, and the driver reads a constant
@@ -35,13 +74,14 @@ def start_local_ray(num_cpus: int | None) -> bool:
     before = ray_constants.ENABLE_RAY_CLUSTER
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    with lean_ray():
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
     return before
 
 
@@ -75,6 +115,24 @@ def gpu_share(device: str, gpus_per_actor: float | None, gpus: float, n_hosts: i
             )
         return float(gpus_per_actor)
     return min(1.0, gpus / n_hosts) if gpus else 0.0
+
+
+class HostActor:
+    """The actor around an `AgentHost`. It starts bare, so that its process imports torch and dimat (this
+    module's imports) and what torch.optim imports on its first step while the driver puts the dataset and
+    the other actors start; `build` then makes the host, and `run` is the host's one entry point."""
+
+    def __init__(self):
+        import torch._dynamo  # noqa: F401 - the first optimizer step imports it (~1.5 s of CPU)
+
+        self.host: AgentHost | None = None
+
+    def build(self, *args: Any, **kwargs: Any) -> int:
+        self.host = AgentHost(*args, **kwargs)
+        return len(self.host.agents)
+
+    def run(self, fn: Callable, *args: Any) -> Any:
+        return self.host.run(fn, *args)
 
 
 class RayBackend(Backend):
@@ -127,20 +185,25 @@ class RayBackend(Backend):
         strategy = {"pack": "PACK", "spread": "SPREAD"}[placement]
         self.pg = placement_group([bundle] * len(self.groups), strategy=strategy)
         ray.get(self.pg.ready(), timeout=self.timeout_s)
-        data_ref = ray.put(dataset)
-        remote_host = ray.remote(AgentHost)
+        actor = ray.remote(HostActor)
 
         def start(h: int):
-            return remote_host.options(
+            return actor.options(
                 num_cpus=cpus_each,
                 num_gpus=bundle.get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=h),
-            ).remote(spec, data_ref, {i: parts[i] for i in self.groups[h]}, transport="ray", threads=threads,
-                     timeout_s=self.timeout_s, device=device, vectorize=vectorize)
+            ).remote()
 
-        self._start = start
         self.hosts = [start(h) for h in range(len(self.groups))]
-        self.run(ops.ping)
+        data_ref = ray.put(dataset)  # while the actors' processes import torch
+
+        def build(h: int):
+            return self.hosts[h].build.remote(spec, data_ref, {i: parts[i] for i in self.groups[h]}, transport="ray",
+                                              threads=threads, timeout_s=self.timeout_s, device=device,
+                                              vectorize=vectorize)
+
+        self._start, self._build = start, build
+        self._get([build(h) for h in range(len(self.hosts))], list(range(len(self.hosts))))
         if self.comm == "torch":
             self._init_comm()
 
@@ -165,7 +228,7 @@ class RayBackend(Backend):
         """A fresh actor for a dead host's agents (their state comes back from a checkpoint)."""
         ray.kill(self.hosts[host])
         self.hosts[host] = self._start(host)
-        self.run_one(host, ops.ping)
+        self._get([self._build(host)], [host])
         self._reset_comm()
 
     def drop(self, host: int) -> None:

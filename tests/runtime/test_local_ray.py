@@ -1,0 +1,87 @@
+"""A local run's private Ray: only the processes a simulation uses, every listener on loopback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def descendants(root: int) -> dict[int, str]:
+    """pid → command line of every process below `root` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = {}, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        try:
+            out[pid] = (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+        todo += children.get(pid, [])
+    return out
+
+
+def listening_addresses(pids) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp* writes them) of the TCP sockets these processes listen on."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
+                out.add(f[1].rsplit(":", 1)[0])
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+    from ray._private import ray_constants
+
+    from dimat.runtime.ray_backend import start_local_ray
+
+    before = start_local_ray(num_cpus=1)
+    try:
+        yield descendants(os.getpid())
+    finally:
+        ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_local_ray_starts_only_what_a_simulation_uses(local_ray):
+    cmds = list(local_ray.values())
+    # what a run needs is there: the GCS, the raylet (and the two agents it insists on)
+    assert any("gcs_server" in c for c in cmds) and any("/raylet " in c for c in cmds)
+    # neither the dashboard head nor the autoscaler's monitor
+    assert not [c for c in cmds if "dashboard/dashboard.py" in c or "autoscaler/_private/monitor.py" in c], cmds
+    # the dashboard agent runs without its metrics and HTTP modules (as in Ray's minimal install)
+    raylet = next(c for c in cmds if "/raylet " in c)
+    agent = raylet.split("--dashboard_agent_command=", 1)[1].split(" --runtime_env_agent_command=")[0]
+    assert "dashboard/agent.py" in agent and "--minimal" in agent
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net (Linux)")
+def test_every_listener_of_a_local_ray_is_on_loopback(local_ray):
+    addresses = listening_addresses(local_ray)
+    assert addresses, "found none of Ray's listening sockets"
+    # 0100007F: 127.0.0.1 (tcp); IPv6 ::1 or an IPv4-mapped 127.0.0.1 (tcp6)
+    loopback = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+    assert addresses <= loopback, addresses
