@@ -1,6 +1,7 @@
 """Many agents on one machine: cost against centralized training of the same sample passes, and against the floor.
 
-    .venv/bin/python bench/scale.py [--train-samples 12000] [--rounds 3] [--only overhead,many,exchange,memory]
+    .venv/bin/python bench/scale.py [--train-samples 12000] [--rounds 3] [--test-samples N]
+                                    [--only overhead,many,exchange,memory]
 
 Four measurements (issue targets in brackets), each run side by side with its
 centralized reference in this process:
@@ -41,6 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from _common import compose_cfg, exchange_floor, fashion_available, floor, run, work_of
+from _proc import proc_stats
 
 
 def pss(pid: int) -> int:
@@ -59,15 +61,7 @@ def tree_rss(root: int) -> int:
     """Memory (bytes) of `root` and all its descendants, from /proc (Linux): the sum of their
     proportional set sizes, so pages shared through Ray's object store are counted once, not per reader."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry)
+    for pid, fields in proc_stats().items():
         children.setdefault(int(fields[1]), []).append(pid)  # fields[1] is the parent pid
     total, todo = 0, [root]
     while todo:
@@ -106,13 +100,13 @@ def measure(overrides: list[str], tmp: str) -> dict:
         t0 = time.perf_counter()
         res = run(cfg)
         wall = time.perf_counter() - t0
-    recs = res.records
-    rounds = len(recs)
+    recs = res.records  # the evaluated rounds only (eval.every)
     return {
         "wall": wall, "peak_gib": mem.peak / 2**30, "acc": res.summary["final_acc_mean"],
-        "round_s": (recs[-1]["wall_s"]) / max(1, rounds),
-        "exchange_s": sum(r.get("exchange_s", 0) for r in recs) / rounds,
-        "merge_s": sum(r.get("merge_s", 0) for r in recs) / rounds,
+        # the last record's wall_s counts every round so far: per round over all of them, not over the records
+        "round_s": recs[-1]["wall_s"] / max(1, res.summary["rounds"]),
+        "exchange_s": sum(r.get("exchange_s", 0) for r in recs) / len(recs),  # each record: its own round's
+        "merge_s": sum(r.get("merge_s", 0) for r in recs) / len(recs),
     }
 
 
@@ -161,6 +155,9 @@ def main() -> None:
     ap.add_argument("--data", default="fashion_mnist" if fashion_available() else "digits")
     ap.add_argument("--train-samples", type=int, default=12000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--test-samples", type=int, default=None,
+                    help="a class-stratified test subsample (data.test_samples; default: the whole test set, on "
+                         "which every agent is evaluated in the last round)")
     ap.add_argument("--only", default="overhead,many,exchange,memory")
     a = ap.parse_args()
     only = set(a.only.split(","))
@@ -169,6 +166,8 @@ def main() -> None:
         ap.error(f"--only {','.join(sorted(unknown))}: choose from overhead, many, exchange, memory")
     base = [f"data={a.data}", f"data.train_samples={a.train_samples}", f"rounds={a.rounds}", "partition=iid",
             "backend=ray", "backend.num_cpus=2", f"eval.every={a.rounds}", "eval.max_samples=2000"]
+    if a.test_samples:
+        base.append(f"data.test_samples={a.test_samples}")
     rows, floors = [], Floors()
     t = Table(expand=True, title=f"bench/scale.py · {a.data} {a.train_samples} train samples · {a.rounds} rounds · "
                                  f"{len(os.sched_getaffinity(0))} cores")

@@ -33,6 +33,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from _proc import proc_stats
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data=synthetic", "model.hidden=[16]", "agents=4", "rounds=2", "algorithm=dsgd", "run.progress=false"]
 KEYS = ("total_s", "startup_s", "wall_s")
@@ -42,16 +44,9 @@ def tree_cpu(root: int, seen: dict[int, float]) -> None:
     """Record in `seen` the CPU seconds so far of `root` and every process below it (from /proc)."""
     parent, cpu = {}, {}
     tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    for pid, fields in proc_stats().items():
+        parent[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     for pid, t in cpu.items():
         p = pid
         while p in parent and p != root:

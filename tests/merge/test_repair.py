@@ -112,3 +112,63 @@ def test_models_without_a_place_for_the_correction_are_refused():
     x = torch.randn(2, 4)
     with pytest.raises(RepairError, match="layer 0 has no bias"):
         repair_points(no_bias, PermutationSpec.from_model(no_bias, x), x)
+
+
+class _Host:
+    """What the final merge's host operations read: the host's agents and a spare model."""
+
+    def __init__(self, agents):
+        from dimat.flat import flatten_module
+
+        self.agents = {a.index: a for a in agents}
+        model = copy.deepcopy(agents[0].model)
+        self._scratch = (model, flatten_module(model)[0])
+
+    def scratch_model(self):
+        return self._scratch
+
+
+class _Backend:
+    def __init__(self, hosts):
+        self.hosts = hosts
+
+    def run(self, fn, *args):
+        return [fn(h, *args) for h in self.hosts]
+
+
+@pytest.mark.parametrize("kw", [{"norm": "bn"}, {"norm": "ln"}])
+def test_repair_of_the_final_merge_of_permuted_copies_gives_back_the_model(kw):
+    # four agents on two hosts hold the same network in four bases: aligned, averaged and REPAIRed on
+    # the same data, the merge must compute the original function, and REPAIR's statistics are counted
+    import numpy as np
+
+    from dimat.agent import Agent
+    from dimat.algorithms.base import optimizer_settings
+    from dimat.algorithms.final import global_alignment, repair_global
+    from dimat.flat import FlatLayout, flatten_module
+    from dimat.merge import apply_permutation, random_permutation
+
+    shape = (1, 8, 8)
+    x = (torch.randn(160, *shape) * 1.5 + 0.3).numpy()
+    y = np.arange(160) % 10
+    torch.manual_seed(0)
+    model = build_model("cnn", shape, 10, **kw)
+    reset_bn(model, torch.from_numpy(x))
+    spec = PermutationSpec.from_model(model, torch.from_numpy(x[:2]))
+    agents = []
+    for i in range(4):
+        m = copy.deepcopy(model)
+        if i:
+            m.load_state_dict(apply_permutation(spec, random_permutation(spec, seed=i), model.state_dict()))
+        agents.append(Agent(i, m, x, y, np.arange(160), batch_size=32,
+                            optimizer=optimizer_settings({"name": "sgd", "lr": 0.1}), seed=i))
+    layout = FlatLayout.of(model)
+    merged, perms = global_alignment([a.state().copy() for a in agents], layout, spec)
+    backend = _Backend([_Host(agents[:2]), _Host(agents[2:])])
+    out, nbytes = repair_global(backend, merged, copy.deepcopy(model), dict(enumerate(perms)), spec, x[:2], 160)
+    repaired = copy.deepcopy(model)
+    flatten_module(repaired)[0].copy_(torch.from_numpy(out))
+    with torch.no_grad():
+        model.eval(), repaired.eval()
+        assert torch.allclose(repaired(torch.from_numpy(x)), model(torch.from_numpy(x)), atol=2e-3)
+    assert nbytes > 0
