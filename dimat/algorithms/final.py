@@ -26,13 +26,9 @@ from dimat.flat import FlatLayout, as_tensor
 from dimat.merge.repair import Moments, RepairPoint, correct, pool, point_stats
 
 
-def global_average(states: list[np.ndarray], layout: FlatLayout, spec=None) -> np.ndarray:
-    """Mean of all agents' flat states, after aligning them into one basis when `spec` is given."""
-    return global_alignment(states, layout, spec)[0]
-
-
 def global_alignment(states: list[np.ndarray], layout: FlatLayout, spec=None) -> tuple[np.ndarray, list | None]:
-    """`global_average` and the permutation that brought each state into the common basis (None: no spec)."""
+    """The mean of all agents' flat states, after aligning them into one basis when `spec` is given (multi-model
+    weight matching), and the permutation that brought each state there (None: no spec)."""
     if spec is None or len(states) < 2:
         return np.mean(np.stack(states).astype(np.float64), axis=0).astype(np.float32), None
     dicts = [layout.views(s) for s in states]

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from dimat.merge.spec import Perm, PermutationSpec
+from dimat.merge.trace import eval_mode
 from dimat.merge.weight import CostMatrices, descend, solve_assignment
 
 TIE_WEIGHT = 1e-3  # the weight term's largest possible entry: below any correlation difference that matters
@@ -111,26 +112,20 @@ def _collect(spec: PermutationSpec, ref_model: nn.Module, other_models: list[nn.
     """One pass over `data`: per batch the reference once, then every other model."""
     names = {m for mods in spec.consumers.values() for m in mods}
     moments = {name: _Moments(len(other_models)) for name in names}
-    handles, flags = [], {}
-    for k, model in enumerate([ref_model, *other_models]):
-        modules = dict(model.named_modules())
-        missing = names - modules.keys()
+    models = [ref_model, *other_models]
+    modules = [dict(model.named_modules()) for model in models]
+    for found in modules:
+        missing = names - found.keys()
         if missing:
             raise ValueError(f"activation matching: consumer modules {sorted(missing)[:3]} are not in the model")
-        handles += [modules[n].register_forward_hook(_hook(moments, n, k - 1 if k else None)) for n in names]
-        flags |= {m: m.training for m in model.modules()}
-        model.eval()
-    try:
+    handles = [found[n].register_forward_hook(_hook(moments, n, k - 1 if k else None))
+               for k, found in enumerate(modules) for n in names]
+    with eval_mode(*models, hooks=handles):
         for s in range(0, len(data), batch_size):
             xb = data[s : s + batch_size]
             ref_model(xb)
             for model in other_models:
                 model(xb)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in flags.items():
-            m.training = flag
     return moments
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from dimat.merge.spec import PermutationSpec
+from dimat.merge.trace import eval_mode
 
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -100,12 +101,8 @@ def _in_forward_order(model: nn.Module, points: dict[str, RepairPoint], example:
     order: list[str] = []
     modules = dict(model.named_modules())
     hooks = [modules[n].register_forward_pre_hook(lambda _m, _i, n=n: order.append(n)) for n in points]
-    with _eval(model):
-        try:
-            model(example)
-        finally:
-            for h in hooks:
-                h.remove()
+    with eval_mode(model, hooks=hooks):
+        model(example)
     twice = sorted({n for n in order if order.count(n) > 1})
     if twice:
         raise RepairError(f"merge.repair: module {twice[0]} runs more than once per forward pass, so one correction "
@@ -142,13 +139,9 @@ def channel_stats(model: nn.Module, points: list[RepairPoint], data: Tensor, *,
     modules = dict(model.named_modules())
     hooks = [modules[p.name].register_forward_hook(lambda _m, _i, y, p=p: acc[p.name].add(y, p.axis))
              for p in points]
-    with _eval(model):
-        try:
-            for s in range(0, len(data), batch_size):
-                model(data[s : s + batch_size])
-        finally:
-            for h in hooks:
-                h.remove()
+    with eval_mode(model, hooks=hooks):
+        for s in range(0, len(data), batch_size):
+            model(data[s : s + batch_size])
     return {name: a.moments() for name, a in acc.items()}
 
 
@@ -228,12 +221,8 @@ def repair_merged(model: nn.Module, points: list[RepairPoint], targets: dict[str
 
     hooks = [modules[p.name].register_forward_pre_hook(before(p)) if p.kind == "bn"
              else modules[p.name].register_forward_hook(after(p)) for p in points]
-    with _eval(model):
-        try:
-            model(data)
-        finally:
-            for h in hooks:
-                h.remove()
+    with eval_mode(model, hooks=hooks):
+        model(data)
 
 
 class _Stop(Exception):
@@ -254,28 +243,10 @@ def point_stats(model: nn.Module, point: RepairPoint, data: Tensor, *, batch_siz
         hook = module.register_forward_pre_hook(lambda _m, inputs: record(inputs[0], 1))
     else:
         hook = module.register_forward_hook(lambda _m, _i, y: record(y, point.axis))
-    with _eval(model):
-        try:
-            for s in range(0, len(data), batch_size):
-                try:
-                    model(data[s : s + batch_size])
-                except _Stop:
-                    pass
-        finally:
-            hook.remove()
+    with eval_mode(model, hooks=[hook]):
+        for s in range(0, len(data), batch_size):
+            try:
+                model(data[s : s + batch_size])
+            except _Stop:
+                pass
     return acc.moments()
-
-
-class _eval:
-    """Eval mode inside the block, every module's training flag restored after it."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.flags = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        for m, flag in self.flags.items():
-            m.training = flag

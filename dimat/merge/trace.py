@@ -26,8 +26,9 @@ shared layers stay consistent.
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -253,15 +254,25 @@ class Derivation:
         return list(seen.values())
 
 
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module, hooks: Iterable = ()) -> Iterator[None]:
+    """The models in eval mode inside the block; after it every module's training flag is restored and the
+    `hooks` (handles of hooks registered for the block) are removed, whatever happened inside."""
+    flags = {m: m.training for model in models for m in model.modules()}
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, flag in flags.items():
+            m.training = flag
+
+
 def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     """symbolic_trace + ShapeProp on ``example_input`` in eval mode (no statistics are updated)."""
     gm = fx.symbolic_trace(model)
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
+    with eval_mode(model), torch.no_grad():
+        ShapeProp(gm).propagate(example_input)
     return gm

@@ -98,10 +98,7 @@ def initial_states(source: str, n: int, model: torch.nn.Module, warn=print) -> l
     """
     from dimat.flat import FlatLayout
 
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"init_from={source}: no such folder; give a dimat run folder or a folder of "
-                         "agent_<i>.pt state dicts")
+    folder = Path(source).expanduser()  # an existing folder: the config's resolution checked it
     layout = FlatLayout.of(model)
     ints = {k: v for k, v in model.state_dict().items() if not v.is_floating_point()}
     candidates = [folder / name for name in FOLDERS if (folder / name / "driver.pt").exists()]

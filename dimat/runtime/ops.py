@@ -128,10 +128,6 @@ def states(host) -> dict[int, np.ndarray]:
     return {i: a.state().copy() for i, a in host.agents.items()}
 
 
-def ping(host) -> int:
-    return len(host.agents)
-
-
 def sees(host, folder: str) -> bool:
     """Whether this host's node sees the run folder (it must be shared on a cluster)."""
     return Path(folder).is_dir()
