@@ -76,6 +76,9 @@ def start_local_ray(num_cpus: int | None) -> bool:
     ray_constants.ENABLE_RAY_CLUSTER = False
     with lean_ray():
         ray.init(
+            # "local": always a new instance; without it Ray joins a cluster it finds on this machine (one that
+            # `ray start` left in /tmp/ray/ray_current_cluster, or RAY_ADDRESS) instead of starting a private one
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",

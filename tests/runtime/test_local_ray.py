@@ -50,6 +50,9 @@ def listening_addresses(pids) -> set[str]:
     return out
 
 
+UNREACHABLE = "127.0.0.1:9"  # nothing listens there
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
@@ -57,7 +60,16 @@ def local_ray():
 
     from dimat.runtime.ray_backend import start_local_ray
 
-    before = start_local_ray(num_cpus=1)
+    # a cluster named by the environment (or left by `ray start`) must not be joined: the run's Ray is its own
+    saved = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = UNREACHABLE
+    try:
+        before = start_local_ray(num_cpus=1)
+    finally:
+        if saved is None:
+            del os.environ["RAY_ADDRESS"]
+        else:
+            os.environ["RAY_ADDRESS"] = saved
     try:
         yield descendants(os.getpid())
     finally:
@@ -85,3 +97,11 @@ def test_every_listener_of_a_local_ray_is_on_loopback(local_ray):
     # 0100007F: 127.0.0.1 (tcp); IPv6 ::1 or an IPv4-mapped 127.0.0.1 (tcp6)
     loopback = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
     assert addresses <= loopback, addresses
+
+
+def test_a_local_ray_is_its_own_whatever_cluster_the_environment_names(local_ray):
+    import ray
+
+    assert ray.is_initialized()
+    assert ray.get_runtime_context().gcs_address != UNREACHABLE
+    assert any("gcs_server" in cmd for cmd in local_ray.values())  # started here, below this process
