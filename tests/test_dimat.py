@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cfg_helpers import compose_cfg, tiny_overrides
@@ -29,7 +31,9 @@ def first_merge_accuracy(tiny, folder, method: str) -> float:
 
 def test_aligned_merges_beat_plain_averaging_by_20_points(tiny, trained_alone):
     acc = {m: first_merge_accuracy(tiny, trained_alone, m) for m in ("average", "weight", "activation")}
-    msg = f"first-merge accuracy: {acc}"
+    alone = json.loads((trained_alone / "summary.json").read_text())["final_acc_mean"]
+    msg = f"first-merge accuracy: {acc}, agents alone before it: {alone}"
+    print(msg)  # the README's figures: pytest tests/test_dimat.py -k aligned_merges -s
     assert acc["weight"] >= acc["average"] + 0.20, msg
     assert acc["activation"] >= acc["average"] + 0.20, msg
 
