@@ -15,7 +15,7 @@ passed to :func:`run` as an object.
 __version__ = "0.1.0"
 
 _API = {
-    "compose": "dimat.api", "run": "dimat.api", "resume": "dimat.api", "ConfigError": "dimat.components",
+    "compose": "dimat.api", "run": "dimat.api", "resume": "dimat.api", "ConfigError": "dimat.configure",
     "Result": "dimat.experiment", "Dataset": "dimat.data", "Algorithm": "dimat.algorithms",
     "Phase": "dimat.algorithms", "Received": "dimat.algorithms",
 }

@@ -6,6 +6,7 @@ evaluates, and hands out or takes in its state as a flat float32 vector.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -167,7 +168,7 @@ class Agent:
         self.opt.zero_grad(set_to_none=True)
         self.steps_done += 1
 
-    def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         return predict(self.model, x, batch_size, self.device)
 
     # -- state -----------------------------------------------------------
@@ -251,11 +252,33 @@ def clip_(grads: list[torch.Tensor], value: float) -> None:
         torch._foreach_clamp_max_(grads, value)
 
 
+@contextlib.contextmanager
+def channels_last(model: nn.Module):
+    """Within it, the model's 4-D weights (convolutions) are channels-last copies, and it yields whether there
+    are any (then inputs should be channels-last too). An agent's parameters are views of its flat state
+    vector, so they cannot be converted for good; for inference the copies pay: convolutions run 1.3-1.7x
+    faster on CPU (`bench/inference.py`)."""
+    swapped = [(p, p.data) for p in model.parameters() if p.dim() == 4]
+    try:
+        for p, data in swapped:
+            p.data = data.contiguous(memory_format=torch.channels_last)
+        yield bool(swapped)
+    finally:
+        for p, data in swapped:
+            p.data = data
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024, device: str = "cpu") -> np.ndarray:
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
     """Predicted labels of `x` in eval mode."""
     model.eval()
-    out = [model(as_tensor(x[s : s + batch_size]).to(device)).argmax(1).cpu() for s in range(0, len(x), batch_size)]
+    out = []
+    with channels_last(model) as nhwc:
+        for s in range(0, len(x), batch_size):
+            xb = as_tensor(x[s : s + batch_size]).to(device)
+            if nhwc and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            out.append(model(xb).argmax(1).cpu())
     return torch.cat(out).numpy()
 
 

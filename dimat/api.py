@@ -20,8 +20,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dimat.components import ConfigError, setup
-from dimat.config import GROUPS, register
+from dimat.components import setup
+from dimat.config import GROUPS
+from dimat.configure import ConfigError, compose, conf_dir, explain  # noqa: F401 - the API's names
 from dimat.experiment import Result, execute
 from dimat.metrics import flatten_dict
 from dimat.runtime import checkpoint
@@ -29,67 +30,6 @@ from dimat.runtime import checkpoint
 # settings a resumed run may change: more rounds continue the run; the rest only affects how it is watched
 RESUMABLE = ("rounds", "eval.every", "eval.batch_size", "eval.before_merge", "run.progress", "run.checkpoint_every",
              "run.on_failure", "backend.timeout_s")
-
-
-def conf_dir() -> Path:
-    """The config folder: shipped inside the package (a wheel), or `conf/` beside it (a checkout)."""
-    here = Path(__file__).resolve().parent
-    for d in (here / "conf", here.parent / "conf"):
-        if (d / "config.yaml").is_file():
-            return d
-    raise FileNotFoundError(f"dimat's config folder is missing (looked in {here / 'conf'} and {here.parent / 'conf'})")
-
-
-def compose(overrides: Sequence[str] = (), *, config_dir: str | os.PathLike | None = None) -> DictConfig:
-    """The config `python -m dimat <overrides>` composes (same defaults, same checks).
-
-    `config_dir`: a folder of your own option YAMLs searched too (the CLI's `-cd DIR`), e.g.
-    `myconf/algorithm/trimmed_mean.yaml` for `algorithm=trimmed_mean`.
-    """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    register()
-    overrides = list(overrides)
-    if config_dir is not None:
-        overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
-    try:
-        if GlobalHydra.instance().is_initialized():  # inside a Hydra app (the CLI): its search path
-            return hydra_compose(config_name="config", overrides=overrides)
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
-    except Exception as e:  # noqa: BLE001 - Hydra's and OmegaConf's composition errors
-        if type(e).__module__.split(".")[0] not in ("hydra", "omegaconf"):
-            raise
-        raise ConfigError(explain(e)) from e
-
-
-def explain(e: BaseException) -> str:
-    """A Hydra/OmegaConf composition error as one line naming the setting and the fix."""
-    text, cause = str(e), e.__cause__
-    first = text.splitlines()[0] if text else type(e).__name__
-    if first.startswith("Could not override '") and cause is not None:
-        key = first.split("'")[1]
-        owner = str(cause).splitlines()[0]
-        schema = owner.rsplit("'", 2)[-2] if owner.count("'") >= 4 else "its schema"
-        group = key.split(".")[0]
-        own = (f"; for your own component: {group}=custom {group}._target_=... +{key}=..."
-               if (conf_dir() / group / "custom.yaml").is_file() else "")
-        return (f"{key} is not an option of this {group} ({schema}): drop it, or choose a {group} that takes it "
-                f"(see conf/{group}/{own})")
-    if "Could not find '" in first:
-        missing = first.split("Could not find '")[1].split("'")[0]
-        group, _, name = missing.rpartition("/")
-        lines = text.splitlines()
-        options = [ln.strip() for ln in lines[lines.index(f"Available options in '{group}':") + 1:]
-                   if ln.startswith("\t")] if f"Available options in '{group}':" in lines else []
-        options = [o for o in options if not o.startswith("provider=")][:40]
-        return f"{group}={name} is unknown: use one of {', '.join(options) or '(none found)'}"
-    if first.startswith("Error merging override ") and cause is not None:
-        override = first[len("Error merging override "):]
-        return f"{override}: {str(cause).splitlines()[0]}"
-    return first
 
 
 def _as_config(cfg: Any) -> DictConfig | dict:

@@ -4,7 +4,10 @@ Bad input — a key no option takes, an unknown option, a value of the wrong
 type, or anything `dimat.run` refuses — is one line on stderr, exit code 2, and
 no run folder. The overrides are composed once before Hydra starts so that
 composition errors get that one line too (multirun sweeps and Hydra's own flags
-are left to Hydra).
+are left to Hydra). That composition is light (no torch, no Ray): when it says
+the run starts a local Ray, Ray and the run's actors start on a thread from
+there on (`dimat.runtime.prestart`), while the driver imports torch and builds
+the run.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from dimat.api import conf_dir
-from dimat.components import ConfigError
 from dimat.config import register
+from dimat.configure import ConfigError, compose, conf_dir
+from dimat.runtime import prestart
 
 register()
 CONF_DIR = str(conf_dir())
@@ -38,13 +41,12 @@ def _fail(message: str, out: Path | None = None) -> None:
     if out is not None:
         _remove_empty(out)
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    prestart.abandon(2)  # exits (a Ray started ahead for this run goes with it)
 
 
-def precheck(args: list[str]) -> str | None:
-    """Compose the command line's overrides as the run will; the one-line error, or None."""
-    from dimat.api import compose
-
+def precheck(args: list[str]) -> tuple[str | None, DictConfig | None]:
+    """Compose the command line's overrides as the run will: (the one-line error or None, the config or None
+    where Hydra's own flags leave composition to Hydra)."""
     overrides, config_dir, it = [], None, iter(args)
     for a in it:
         if a in ("-cd", "--config-dir"):
@@ -52,16 +54,27 @@ def precheck(args: list[str]) -> str | None:
         elif a.startswith("--config-dir="):
             config_dir = a.split("=", 1)[1]
         elif a.startswith("-"):
-            return None  # --help, --cfg, -m, ...: Hydra's own business
+            return None, None  # --help, --cfg, -m, ...: Hydra's own business
         elif a.startswith("hydra.") and not a.startswith("hydra.searchpath"):
             continue
         else:
             overrides.append(a)
     try:
-        compose(overrides, config_dir=config_dir)
+        return None, compose(overrides, config_dir=config_dir)
     except ConfigError as e:
-        return str(e)
-    return None
+        return str(e), None
+
+
+RAY_BACKENDS = ("dimat.runtime.RayBackend", "dimat.runtime.ray_backend.RayBackend")
+
+
+def start_ray_early(cfg: DictConfig) -> bool:
+    """Start the local Ray and the actors of a run that will start them (`dimat.runtime.prestart`)."""
+    backend = cfg.backend
+    if cfg.resume is not None or backend.get("_target_") not in RAY_BACKENDS or backend.get("address"):
+        return False
+    prestart.start(int(cfg.agents), {k: backend.get(k) for k in prestart.KEYS})
+    return True
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -83,7 +96,12 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    error = precheck(sys.argv[1:])
+    error, cfg = precheck(sys.argv[1:])
     if error is not None:
         _fail(error)
-    _app()
+    if cfg is not None:
+        start_ray_early(cfg)
+    try:
+        _app()
+    finally:
+        prestart.discard()  # the run did not take them over (it stopped first, or placed its actors otherwise)

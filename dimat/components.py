@@ -29,6 +29,7 @@ import torch
 import topologies
 from dimat.algorithms import Algorithm, Centralized
 from dimat.config import FRAMEWORK_KEYS, MergeConf, PeriodicConf
+from dimat.configure import ConfigError
 from dimat.data import Dataset, check_parts, class_histogram, prepare_dataset, stratified
 from dimat.flat import FlatLayout
 from dimat.runtime import checkpoint
@@ -38,10 +39,6 @@ from dimat.schedule import Ledger, Schedule
 DEFAULT_MERGE = asdict(MergeConf())
 DEFAULT_SCHEDULE = {k: v for k, v in asdict(PeriodicConf()).items()}
 RESERVED = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message (one line) names the setting and the fix."""
 
 
 def one_line(e: BaseException) -> str:

@@ -16,20 +16,24 @@ def assign_agents(n_agents: int, n_hosts: int) -> list[list[int]]:
 
 
 def _busy_cpus(window_s: float = 0.25) -> float | None:
-    """How many CPUs other work keeps busy right now, from two readings of /proc/stat (None off Linux)."""
+    """How many CPUs other work keeps busy right now, from two readings of /proc/stat (None off Linux); this
+    process's own threads (the driver importing and loading while Ray starts) are not other work."""
     def read() -> tuple[int, int]:
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
         return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)  # total, idle + iowait
 
     try:
-        total0, idle0 = read()
+        total0, idle0, own0, t0 = *read(), time.process_time(), time.monotonic()
         time.sleep(window_s)
-        total1, idle1 = read()
+        total1, idle1, own1, t1 = *read(), time.process_time(), time.monotonic()
     except (OSError, ValueError, IndexError):
         return None
     dt = total1 - total0
-    return None if dt <= 0 else (1.0 - (idle1 - idle0) / dt) * (os.cpu_count() or 1)
+    if dt <= 0:
+        return None
+    busy = (1.0 - (idle1 - idle0) / dt) * (os.cpu_count() or 1)
+    return max(0.0, busy - (own1 - own0) / max(t1 - t0, 1e-3))
 
 
 def free_cpus() -> int:

@@ -30,7 +30,7 @@ class HostSpec:
     batch_size: int
     seed: int
     independent_init: bool
-    eval_batch_size: int = 2048
+    eval_batch_size: int = 256
     eval_index: np.ndarray | None = None  # the test samples evaluated during the run (None: all)
     track_sent: bool = False  # keep each agent's last sent state (schedules that measure "drift")
 

@@ -8,8 +8,10 @@ object store once and read zero-copy by every actor on the node.
 Start-up is most of what a small run costs, so a local run starts a lean
 private Ray (`start_local_ray`: loopback only, none of the Ray components a
 simulation on one machine leaves unused), and the actors start bare: their
-processes import torch and dimat while the driver puts the dataset, then
-build their agents (`HostActor`).
+processes import torch and dimat while the driver gets ready, then build
+their agents (`HostActor`). From the CLI, Ray and the bare actors (`Started`)
+start on a thread as soon as the config is composed, before the driver
+imports torch (`dimat.runtime.prestart`); the backend takes them over.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from dimat.runtime import prestart
 from dimat.runtime.base import Backend, HostFailure, assign_agents, free_cpus, resolve_device
 from dimat.runtime.host import AgentHost, HostSpec
 
@@ -62,6 +65,36 @@ def lean_ray():
             setattr(owner, name, original)
 
 
+# Ray's notices that say nothing to a user of a private local Ray: token authentication is on (it stays on),
+# and, from `dimat.runtime.prestart`'s thread, that ray.init did not set the SIGTERM handler (prestart sets
+# that handler itself, on the main thread)
+QUIET = (
+    ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled"),
+    ("ray._private.worker", "SIGTERM handler is not set"),
+)
+
+
+class _Drop(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet():
+    filters = [(logging.getLogger(name), _Drop(text)) for name, text in QUIET]
+    for log, f in filters:
+        log.addFilter(f)
+    try:
+        yield
+    finally:
+        for log, f in filters:
+            log.removeFilter(f)
+
+
 def start_local_ray(num_cpus: int | None) -> bool:
     """A private, lean Ray instance bound to 127.0.0.1 (see `LEAN`); returns the flag to restore.
 
@@ -74,7 +107,7 @@ def start_local_ray(num_cpus: int | None) -> bool:
     before = ray_constants.ENABLE_RAY_CLUSTER
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
-    with lean_ray():
+    with lean_ray(), _quiet():
         ray.init(
             # "local": always a new instance; without it Ray joins a cluster it finds on this machine (one that
             # `ray start` left in /tmp/ray/ray_current_cluster, or RAY_ADDRESS) instead of starting a private one
@@ -138,6 +171,63 @@ class HostActor:
         return self.host.run(fn, *args)
 
 
+class Started:
+    """Ray (started here unless one is already up in this process) and a run's bare actors, one per block of
+    agents, in a placement group. The Ray backend starts it, or takes over the one that the CLI started on
+    a thread while the driver was getting ready (`dimat.runtime.prestart`)."""
+
+    def __init__(self, n_agents: int, *, address: str | None = None, num_cpus: int | None = None,
+                 agents_per_actor: int | None = None, placement: str = "pack", gpus_per_actor: float | None = None,
+                 device: str = "auto", timeout_s: float = 600.0):
+        self.owns_ray = not ray.is_initialized()
+        self.cluster_flag: bool | None = None
+        # a local run's CPUs free of other work, read before our own Ray processes start
+        self.free = free_cpus() if self.owns_ray and not address else None
+        if self.owns_ray:
+            if address:
+                connect(address)
+            else:
+                self.cluster_flag = start_local_ray(num_cpus)
+        self.hosts: list = []
+        self.pg = None
+        try:
+            cpus = float(ray.available_resources().get("CPU", 1.0))
+            n_hosts = math.ceil(n_agents / agents_per_actor) if agents_per_actor else max(1, min(n_agents, int(cpus)))
+            self.groups = assign_agents(n_agents, n_hosts)
+            self.cpus_each = cpus / len(self.groups)
+            gpus_each = gpu_share(device, gpus_per_actor, float(ray.available_resources().get("GPU", 0.0)),
+                                  len(self.groups))
+            self.device = resolve_device(device, gpus_each > 0)
+            self.bundle = {"CPU": self.cpus_each, **({"GPU": gpus_each} if self.device == "cuda" else {})}
+            self.pg = placement_group([self.bundle] * len(self.groups),
+                                      strategy={"pack": "PACK", "spread": "SPREAD"}[placement])
+            ray.get(self.pg.ready(), timeout=timeout_s)
+            self.hosts = [self.start(h) for h in range(len(self.groups))]
+        except BaseException:
+            self.shutdown()  # nothing left behind: no actors, no placement group, no Ray of ours
+            raise
+
+    def start(self, h: int):
+        """A bare actor in bundle `h` (its process imports torch and dimat; `HostActor.build` makes the host)."""
+        return ray.remote(HostActor).options(
+            num_cpus=self.cpus_each,
+            num_gpus=self.bundle.get("GPU", 0),
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=h),
+        ).remote()
+
+    def shutdown(self) -> None:
+        for h in self.hosts:
+            ray.kill(h)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+        if self.owns_ray:
+            ray.shutdown()
+        if self.cluster_flag is not None:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = self.cluster_flag
+
+
 class RayBackend(Backend):
     """Agent hosts as Ray actors (`backend=ray`); the keys are `conf/backend/ray.yaml`'s."""
 
@@ -152,60 +242,29 @@ class RayBackend(Backend):
                       num_cpus=num_cpus, threads=threads, gpus_per_actor=gpus_per_actor)
         self.timeout_s = float(timeout_s)
         self.comm = comm
-        self._owns_ray = not ray.is_initialized()
-        self._cluster_flag: bool | None = None
-        # a local run's CPUs free of other work, read before our own Ray processes start
-        self._free = free_cpus() if self._owns_ray and not address else None
-        if self._owns_ray:
-            if address:
-                connect(address)
-            else:
-                self._cluster_flag = start_local_ray(num_cpus)
-        self.hosts: list = []
-        self.pg = None
+        options = dict(num_cpus=num_cpus, agents_per_actor=agents_per_actor, placement=placement,
+                       gpus_per_actor=gpus_per_actor, device=device, timeout_s=timeout_s)  # prestart.KEYS
+        self._prestart = None if address else prestart.take(len(parts), options, self.timeout_s)
+        self.started = self._prestart.started if self._prestart else Started(len(parts), address=address, **options)
+        self.hosts, self.groups, self.device = self.started.hosts, self.started.groups, self.started.device
         try:
-            self._start_hosts(spec, dataset, parts, agents_per_actor, threads, placement, gpus_per_actor,
-                              device, vectorize)
+            self._build_hosts(spec, dataset, parts, threads, vectorize)
         except BaseException:
             self.shutdown()  # nothing left behind: no actors, no placement group, no Ray of ours
             raise
 
-    def _start_hosts(self, spec, dataset, parts, agents_per_actor, threads, placement, gpus_per_actor,
-                     device, vectorize) -> None:
-        cpus = float(ray.available_resources().get("CPU", 1.0))
-        n = len(parts)
-        n_hosts = math.ceil(n / agents_per_actor) if agents_per_actor else max(1, min(n, int(cpus)))
-        self.groups = assign_agents(n, n_hosts)
-        cpus_each = cpus / len(self.groups)
+    def _build_hosts(self, spec, dataset, parts, threads, vectorize) -> None:
         # torch threads per actor: its CPUs, and no more than the machine has free (others' work counts)
-        free = self._free if self._free is not None else int(cpus)
-        threads = threads or max(1, min(int(cpus_each), free // len(self.groups)))
-        gpus_each = gpu_share(device, gpus_per_actor, float(ray.available_resources().get("GPU", 0.0)),
-                              len(self.groups))
-        device = resolve_device(device, gpus_each > 0)
-        self.device = device
-        bundle = {"CPU": cpus_each, **({"GPU": gpus_each} if device == "cuda" else {})}
-        strategy = {"pack": "PACK", "spread": "SPREAD"}[placement]
-        self.pg = placement_group([bundle] * len(self.groups), strategy=strategy)
-        ray.get(self.pg.ready(), timeout=self.timeout_s)
-        actor = ray.remote(HostActor)
-
-        def start(h: int):
-            return actor.options(
-                num_cpus=cpus_each,
-                num_gpus=bundle.get("GPU", 0),
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=h),
-            ).remote()
-
-        self.hosts = [start(h) for h in range(len(self.groups))]
+        free = self.started.free if self.started.free is not None else int(self.started.cpus_each * len(self.groups))
+        threads = threads or max(1, min(int(self.started.cpus_each), free // len(self.groups)))
         data_ref = ray.put(dataset)  # while the actors' processes import torch
 
         def build(h: int):
             return self.hosts[h].build.remote(spec, data_ref, {i: parts[i] for i in self.groups[h]}, transport="ray",
-                                              threads=threads, timeout_s=self.timeout_s, device=device,
+                                              threads=threads, timeout_s=self.timeout_s, device=self.device,
                                               vectorize=vectorize)
 
-        self._start, self._build = start, build
+        self._build = build
         self._get([build(h) for h in range(len(self.hosts))], list(range(len(self.hosts))))
         if self.comm == "torch":
             self._init_comm()
@@ -214,7 +273,7 @@ class RayBackend(Backend):
         """All hosts join one torch.distributed group; host 0 names the address and port."""
         from dimat.runtime import p2p
 
-        loopback = self._cluster_flag is not None  # a local Ray of ours: everything on 127.0.0.1
+        loopback = self.started.cluster_flag is not None  # a local Ray of ours: everything on 127.0.0.1
         addr, port = self.run_one(0, p2p.address, loopback)
         world = len(self.hosts)
         self.run_each(p2p.join, [(r, world, addr, port, loopback) for r in range(world)])
@@ -230,7 +289,7 @@ class RayBackend(Backend):
     def restart(self, host: int) -> None:
         """A fresh actor for a dead host's agents (their state comes back from a checkpoint)."""
         ray.kill(self.hosts[host])
-        self.hosts[host] = self._start(host)
+        self.hosts[host] = self.started.start(host)
         self._get([self._build(host)], [host])
         self._reset_comm()
 
@@ -267,13 +326,8 @@ class RayBackend(Backend):
         return dict(zip(keys, ray.get([handles[k] for k in keys], timeout=self.timeout_s)))
 
     def shutdown(self) -> None:
-        for h in self.hosts:
-            ray.kill(h)
-        if self.pg is not None:
-            remove_placement_group(self.pg)
-        if self._owns_ray:
-            ray.shutdown()
-        if self._cluster_flag is not None:
-            from ray._private import ray_constants
-
-            ray_constants.ENABLE_RAY_CLUSTER = self._cluster_flag
+        try:
+            self.started.shutdown()
+        finally:
+            if self._prestart is not None:
+                self._prestart.release()

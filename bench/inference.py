@@ -1,0 +1,77 @@
+"""Inference speed of dimat's evaluation against its former defaults, side by side in one process.
+
+    .venv/bin/python bench/inference.py [--images 4000] [--threads 2]
+
+For each model (the CNN on Fashion-MNIST-shaped inputs, VGG-11 and ResNet-20 on
+CIFAR-shaped ones, an MLP), the time to predict `--images` random inputs:
+batches of 2048 in the model's own layout (dimat's default before 2026-12-02),
+batches of 256, and batches of 256 through `dimat.agent.predict` (channels-last
+copies of the convolution weights, channels-last inputs). Ratios are to the
+first column. All three give the same predictions up to float rounding: the
+script counts how many of them differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dimat.agent import predict  # noqa: E402
+from dimat.models import CONFIGS  # noqa: E402
+from dimat.models.cnn import CNN  # noqa: E402
+from dimat.models.mlp import MLP  # noqa: E402
+from dimat.models.resnet import ResNet20  # noqa: E402
+from dimat.models.vgg import VGG  # noqa: E402
+
+
+@torch.no_grad()
+def plain(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
+    model.eval()
+    xt = torch.from_numpy(x)
+    return torch.cat([model(xt[s : s + batch_size]).argmax(1) for s in range(0, len(x), batch_size)]).numpy()
+
+
+def best_of(fn, reps: int = 3) -> tuple[float, np.ndarray]:
+    out = fn()  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=4000)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    models = {
+        "cnn 28×28×1": (CNN((1, 28, 28), 10, 1, "bn"), (1, 28, 28)),
+        "vgg11 32×32×3": (VGG(CONFIGS["vgg11"], (3, 32, 32), 10, 1, "bn"), (3, 32, 32)),
+        "resnet20 32×32×3": (ResNet20((3, 32, 32), 10, 1, "bn"), (3, 32, 32)),
+        "mlp 784-256-256": (MLP(784, 10, [256, 256]), (784,)),
+    }
+    print(f"bench/inference.py · {a.images} images · {a.threads} threads · best of 3")
+    print(f"{'model':>18} {'2048 plain s':>13} {'256 plain s':>12} {'256 predict s':>14} {'speed-up':>9} {'differ':>7}")
+    for name, (model, shape) in models.items():
+        x = rng.standard_normal((a.images, *shape)).astype(np.float32)
+        t_old, p_old = best_of(lambda: plain(model, x, 2048))
+        t_256, _ = best_of(lambda: plain(model, x, 256))
+        t_new, p_new = best_of(lambda: predict(model, x, 256))
+        print(f"{name:>18} {t_old:13.2f} {t_256:12.2f} {t_new:14.2f} {t_old / t_new:8.2f}x "
+              f"{int((p_old != p_new).sum()):7d}")
+
+
+if __name__ == "__main__":
+    main()

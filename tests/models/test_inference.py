@@ -1,0 +1,106 @@
+"""Inference in the faster layout: channels-last copies of convolution weights, the flat state untouched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dimat.agent import channels_last, predict
+from dimat.flat import flatten_module
+from dimat.merge import reset_bn
+from dimat.models import build_model
+from dimat.runtime import base
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@torch.no_grad()
+def plain_predict(model, x: np.ndarray) -> np.ndarray:
+    model.eval()
+    return model(torch.from_numpy(x)).argmax(1).numpy()
+
+
+def test_predict_in_channels_last_gives_the_plain_predictions_and_leaves_the_flat_state_as_it_was():
+    torch.manual_seed(0)
+    model = build_model("resnet20", (3, 16, 16), 10, width=1)
+    vec, layout = flatten_module(model)
+    before = vec.clone()
+    x = np.random.default_rng(0).standard_normal((300, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(predict(model, x, 64), plain_predict(model, x))
+    # every parameter is still a view of the flat vector: writing the vector changes the model
+    storage = vec.untyped_storage().data_ptr()
+    assert all(p.untyped_storage().data_ptr() == storage for p in model.parameters())
+    torch.testing.assert_close(vec, before, rtol=0, atol=0)
+    vec.zero_()
+    assert all(float(p.detach().abs().sum()) == 0 for p in model.parameters())
+
+
+def test_channels_last_swaps_only_convolution_weights_and_restores_them_on_error():
+    model = build_model("cnn", (1, 8, 8), 10, width=1)
+    originals = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
+    try:
+        with channels_last(model) as nhwc:
+            assert nhwc
+            convs = {n for n, p in model.named_parameters() if p.dim() == 4}
+            assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for n, p in
+                                 model.named_parameters() if n in convs)
+            raise RuntimeError("stop")
+    except RuntimeError:
+        pass
+    assert all((p.data_ptr(), p.stride()) == originals[n] for n, p in model.named_parameters())
+    with channels_last(build_model("mlp", (1, 8, 8), 10, hidden=[8])) as nhwc:
+        assert not nhwc  # nothing to convert: inputs stay as they are
+
+
+def test_batchnorm_reestimation_is_the_same_in_either_layout():
+    torch.manual_seed(0)
+    model = build_model("cnn", (1, 12, 12), 10, width=1)
+    x = torch.randn(200, 1, 12, 12)
+    reset_bn(model, x, batch_size=50)
+    got = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    # the same passes in the model's own layout
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        for s in range(0, 200, 50):  # equal batches: the cumulative average weighs them as reset_bn does
+            model(x[s : s + 50])
+    for k, v in model.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(got[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_free_cpus_do_not_count_this_process_as_other_work():
+    """The Ray start-up thread reads the free CPUs while the driver imports: the driver is not a competitor."""
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            sum(range(1000))
+
+    quiet = base._busy_cpus(0.5)
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        busy = base._busy_cpus(0.5)
+    finally:
+        stop.set()
+        t.join()
+    if quiet is None:  # no /proc/stat here
+        return
+    assert busy < quiet + 0.5, (quiet, busy)  # counting its own spinning thread would add about 1
+
+
+def test_the_inference_bench_runs_and_finds_the_same_predictions():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "inference.py"), "--images", "64"], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    assert len(rows) == 4 and all(r[-1] == "0" for r in rows), out.stdout
