@@ -209,7 +209,8 @@ def inference_model(m: torch.nn.Module, conv: bool) -> torch.nn.Module:
 
 
 def nhwc(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    """Channels-last strides spelled out (a 1-channel tensor would otherwise keep its default ones)."""
+    return torch.empty_like(x, memory_format=torch.channels_last).copy_(x) if x.dim() == 4 else x
 
 
 class Kernels:
@@ -274,7 +275,8 @@ class Kernels:
         for i, (m, opt) in enumerate(zip(self.models, self.opts)):  # agent-major, as a host trains its agents
             m.train()
             for s in range(steps):
-                loss = self.loss_fn(m(self.x[idx[s, i]]), self.y[idx[s, i]])
+                xb = self.x[idx[s, i]]
+                loss = self.loss_fn(m(nhwc(xb) if self.conv else xb), self.y[idx[s, i]])  # the faster layout
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.w.clip:

@@ -468,7 +468,7 @@ class EvalConf:
     every: int | None = None
     max_samples: int | None = 2000  # the subsample evaluated during the run (null: the full test set)
     agents: int | None = None  # evaluate K agents per evaluated round, rotating (null: every agent)
-    batch_size: int = 256  # inference batch (convolutions run 1.5-2.5x slower on CPU at 2048: bench/inference.py)
+    batch_size: int = 256  # inference batch (convolutions run 1.5-2.5x slower on CPU at 2048: bench/layout.py)
     # also evaluate the agents just before each merge (acc_before_merge); null: for algorithms that merge by
     # permutations (dimat), where before and after differ by more than an average
     before_merge: bool | None = None

@@ -29,7 +29,7 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
-from dimat.agent import channels_last
+from dimat.agent import channels_last, nhwc
 
 from dimat.merge.spec import Perm, PermutationSpec
 from dimat.merge.trace import eval_mode
@@ -125,11 +125,9 @@ def _collect(spec: PermutationSpec, ref_model: nn.Module, other_models: list[nn.
     handles = [found[n].register_forward_hook(_hook(moments, n, k - 1 if k else None))
                for k, found in enumerate(modules) for n in names]
     with eval_mode(*models, hooks=handles), contextlib.ExitStack() as stack:
-        nhwc = all([stack.enter_context(channels_last(model)) for model in models])  # faster convolutions
+        fast = all([stack.enter_context(channels_last(model)) for model in models])  # faster convolutions
         for s in range(0, len(data), batch_size):
-            xb = data[s : s + batch_size]
-            if nhwc and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = nhwc(data[s : s + batch_size]) if fast else data[s : s + batch_size]
             ref_model(xb)
             for model in other_models:
                 model(xb)

@@ -13,7 +13,7 @@ import copy as _copy
 import torch
 from torch import nn
 
-from dimat.agent import channels_last
+from dimat.agent import channels_last, nhwc
 from dimat.merge.activation import activation_matching, activation_matching_many
 from dimat.merge.spec import Perm, PermutationSpec, apply_permutation
 from dimat.merge.weight import weight_matching
@@ -153,12 +153,12 @@ def reset_bn(model: nn.Module, data: torch.Tensor | None, *, batch_size: int = 2
         m.train()
     try:
         seen = 0
-        with channels_last(model) as nhwc:  # faster convolutions
+        with channels_last(model) as fast:  # faster convolutions
             for s in range(0, len(data), batch_size):
                 xb = data[s : s + batch_size]
                 for m in bns:
                     m.momentum = len(xb) / (seen + len(xb))
-                model(xb.contiguous(memory_format=torch.channels_last) if nhwc and xb.dim() == 4 else xb)
+                model(nhwc(xb) if fast else xb)
                 seen += len(xb)
     finally:
         for m, mom in zip(bns, momenta):

@@ -98,9 +98,11 @@ def test_free_cpus_do_not_count_this_process_as_other_work():
     assert busy < quiet + 0.5, (quiet, busy)  # counting its own spinning thread would add about 1
 
 
-def test_the_inference_bench_runs_and_finds_the_same_predictions():
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "inference.py"), "--images", "64"], capture_output=True,
-                         text=True, timeout=300, cwd=ROOT)
+def test_the_layout_bench_runs_and_finds_the_same_predictions():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "layout.py"), "--images", "64", "--steps", "2"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    lines = out.stdout.splitlines()
+    rows = [line.split() for line in lines[2:6]]
     assert len(rows) == 4 and all(r[-1] == "0" for r in rows), out.stdout
+    assert len(lines) == 6 + 2 + 3, out.stdout  # three convolutional models trained both ways

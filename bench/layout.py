@@ -1,6 +1,6 @@
-"""Inference speed of dimat's evaluation against its former defaults, side by side in one process.
+"""Channels-last on CPU: dimat's inference and training steps against the default layout, side by side.
 
-    .venv/bin/python bench/inference.py [--images 4000] [--threads 2]
+    .venv/bin/python bench/layout.py [--images 4000] [--steps 30] [--threads 2]
 
 For each model (the CNN on Fashion-MNIST-shaped inputs, VGG-11 and ResNet-20 on
 CIFAR-shaped ones, an MLP), the time to predict `--images` random inputs:
@@ -9,6 +9,11 @@ batches of 256, and batches of 256 through `dimat.agent.predict` (channels-last
 copies of the convolution weights, channels-last inputs). Ratios are to the
 first column. All three give the same predictions up to float rounding: the
 script counts how many of them differ.
+
+Training: `--steps` SGD steps (batch 32, momentum 0.9) of the same model on
+default-layout inputs and on channels-last inputs (`dimat.agent.nhwc`, what an
+agent feeds a convolutional model; the weights stay in their default layout,
+as views of the agent's flat state).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dimat.agent import predict  # noqa: E402
+from dimat.agent import nhwc, predict  # noqa: E402
 from dimat.models import CONFIGS  # noqa: E402
 from dimat.models.cnn import CNN  # noqa: E402
 from dimat.models.mlp import MLP  # noqa: E402
@@ -48,9 +53,24 @@ def best_of(fn, reps: int = 3) -> tuple[float, np.ndarray]:
     return best, out
 
 
+def train_steps(model: torch.nn.Module, xs: list, ys: list, channels_last: bool):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def run() -> None:
+        for x, y in zip(xs, ys):
+            loss = torch.nn.functional.cross_entropy(model(nhwc(x) if channels_last else x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -62,7 +82,7 @@ def main() -> None:
         "resnet20 32×32×3": (ResNet20((3, 32, 32), 10, 1, "bn"), (3, 32, 32)),
         "mlp 784-256-256": (MLP(784, 10, [256, 256]), (784,)),
     }
-    print(f"bench/inference.py · {a.images} images · {a.threads} threads · best of 3")
+    print(f"bench/layout.py · {a.images} images · {a.threads} threads · best of 3")
     print(f"{'model':>18} {'2048 plain s':>13} {'256 plain s':>12} {'256 predict s':>14} {'speed-up':>9} {'differ':>7}")
     for name, (model, shape) in models.items():
         x = rng.standard_normal((a.images, *shape)).astype(np.float32)
@@ -71,6 +91,16 @@ def main() -> None:
         t_new, p_new = best_of(lambda: predict(model, x, 256))
         print(f"{name:>18} {t_old:13.2f} {t_256:12.2f} {t_new:14.2f} {t_old / t_new:8.2f}x "
               f"{int((p_old != p_new).sum()):7d}")
+    print(f"training: {a.steps} steps of batch 32")
+    print(f"{'model':>18} {'default s':>10} {'channels-last input s':>22} {'speed-up':>9}")
+    for name, (model, shape) in models.items():
+        if len(shape) != 3:
+            continue
+        xs = [torch.randn(32, *shape) for _ in range(a.steps)]
+        ys = [torch.randint(0, 10, (32,)) for _ in range(a.steps)]
+        t_default, _ = best_of(train_steps(model, xs, ys, False))
+        t_nhwc, _ = best_of(train_steps(model, xs, ys, True))
+        print(f"{name:>18} {t_default:10.2f} {t_nhwc:22.2f} {t_default / t_nhwc:8.2f}x")
 
 
 if __name__ == "__main__":
