@@ -44,7 +44,7 @@ class Prestart:
             from dimat.runtime import ray_backend
 
             self.started = ray_backend.Started(n_agents, **options)
-        except BaseException as e:  # noqa: BLE001 - reported by the run's own start, which tries again
+        except BaseException as e:  # noqa: BLE001 - raised by `take`, in the run's own thread
             self.error = e
         finally:
             self._ready.set()
@@ -70,14 +70,18 @@ def start(n_agents: int, options: dict[str, Any]) -> None:
 
 
 def take(n_agents: int, options: dict[str, Any], timeout_s: float) -> Prestart | None:
-    """The started Ray and actors, when they were started for this placement (else shut down, and None)."""
+    """The started Ray and actors, when they were started for this placement (else shut down, and None);
+    where starting them for this placement failed, that error."""
     global _pending
     p, _pending = _pending, None
     if p is None:
         return None
-    if p.wait(timeout_s) and p.error is None and p.key == (n_agents, tuple(sorted(options.items()))):
+    ready, same = p.wait(timeout_s), p.key == (n_agents, tuple(sorted(options.items())))
+    if ready and same and p.error is None:
         return p
     _stop(p)
+    if ready and same and p.error is not None:
+        raise p.error  # what the run's own start would raise with these options, without starting Ray again
     return None
 
 

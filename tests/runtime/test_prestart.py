@@ -114,3 +114,20 @@ def _cmdline(p: Path) -> str:
         return (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_start_that_failed_ahead_is_reported_once_without_starting_ray_again(tiny, count_starts):
+    import ray
+    import torch
+
+    import dimat
+    from dimat.configure import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    cfg = tiny("backend=ray", "backend.device=cuda")
+    assert start_ray_early(cfg)
+    with pytest.raises(ConfigError, match="backend.device=cuda but no GPU is visible"):
+        dimat.run(cfg)
+    assert count_starts == [4]  # the run raised the thread's error instead of starting Ray a second time
+    assert not ray.is_initialized()
