@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import dimat  # noqa: E402
 import topologies  # noqa: E402
 from dimat import run  # noqa: E402
+from dimat.agent import nhwc  # noqa: E402 - the same layout the agents use
 
 RAY_ONLY = ("backend.address", "backend.agents_per_actor", "backend.num_cpus",
             "backend.placement", "backend.comm", "backend.gpus_per_actor", "backend.timeout_s")
@@ -206,11 +207,6 @@ def inference_model(m: torch.nn.Module, conv: bool) -> torch.nn.Module:
     """The model in eval mode; a convolutional one as a channels-last copy (the faster inference on CPU)."""
     m.eval()
     return copy.deepcopy(m).to(memory_format=torch.channels_last) if conv else m
-
-
-def nhwc(x: torch.Tensor) -> torch.Tensor:
-    """Channels-last strides spelled out (a 1-channel tensor would otherwise keep its default ones)."""
-    return torch.empty_like(x, memory_format=torch.channels_last).copy_(x) if x.dim() == 4 else x
 
 
 class Kernels:

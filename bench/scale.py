@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from _common import compose_cfg, exchange_floor, fashion_available, floor, run, work_of
-from _proc import proc_stats
+from dimat.runtime.base import descendants
 
 
 def pss(pid: int) -> int:
@@ -60,15 +60,7 @@ def pss(pid: int) -> int:
 def tree_rss(root: int) -> int:
     """Memory (bytes) of `root` and all its descendants, from /proc (Linux): the sum of their
     proportional set sizes, so pages shared through Ray's object store are counted once, not per reader."""
-    children: dict[int, list[int]] = {}
-    for pid, fields in proc_stats().items():
-        children.setdefault(int(fields[1]), []).append(pid)  # fields[1] is the parent pid
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += pss(pid)
-        todo += children.get(pid, [])
-    return total
+    return sum(pss(pid) for pid in [root, *descendants(root)])
 
 
 class PeakRSS:

@@ -33,7 +33,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from _proc import proc_stats
+from dimat.runtime.base import descendants, proc_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data=synthetic", "model.hidden=[16]", "agents=4", "rounds=2", "algorithm=dsgd", "run.progress=false"]
@@ -42,17 +42,11 @@ KEYS = ("total_s", "startup_s", "wall_s")
 
 def tree_cpu(root: int, seen: dict[int, float]) -> None:
     """Record in `seen` the CPU seconds so far of `root` and every process below it (from /proc)."""
-    parent, cpu = {}, {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid, fields in proc_stats().items():
-        parent[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-    for pid, t in cpu.items():
-        p = pid
-        while p in parent and p != root:
-            p = parent[p]
-        if p == root:
-            seen[pid] = max(seen.get(pid, 0.0), t)
+    tick, stats = os.sysconf("SC_CLK_TCK"), proc_stats()
+    for pid in [root, *descendants(root, stats)]:
+        if pid in stats:
+            fields = stats[pid]
+            seen[pid] = max(seen.get(pid, 0.0), (int(fields[11]) + int(fields[12])) / tick)  # utime + stime
 
 
 def run_once(root: Path, backend: str, extra: list[str], run_dir: Path) -> dict:

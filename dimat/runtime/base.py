@@ -15,6 +15,37 @@ def assign_agents(n_agents: int, n_hosts: int) -> list[list[int]]:
     return [list(range(bounds[h], bounds[h + 1])) for h in range(n_hosts)]
 
 
+def proc_stats() -> dict[int, list[str]]:
+    """Every process's fields of /proc/<pid>/stat after its command name ([1] is the parent pid, [11] and [12]
+    user and system CPU ticks); empty where there is no /proc."""
+    out = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    out[int(entry)] = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    return out
+
+
+def descendants(root: int, stats: dict[int, list[str]] | None = None) -> list[int]:
+    """The processes below `root` (children first, then theirs), from `proc_stats()`."""
+    children: dict[int, list[int]] = {}
+    for pid, fields in (proc_stats() if stats is None else stats).items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    out, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
 def _busy_cpus(window_s: float = 0.25) -> float | None:
     """How many CPUs other work keeps busy right now, from two readings of /proc/stat (None off Linux); this
     process's own threads (the driver importing and loading while Ray starts) are not other work."""

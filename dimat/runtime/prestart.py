@@ -23,6 +23,8 @@ import sys
 import threading
 from typing import Any
 
+from dimat.runtime.base import descendants
+
 # the Ray backend's keys that decide what `start` starts (the rest only matter once the hosts are built)
 KEYS = ("num_cpus", "agents_per_actor", "placement", "gpus_per_actor", "device", "timeout_s")
 
@@ -99,7 +101,7 @@ def abandon(code: int) -> None:
     if p is not None and not p.wait(0):
         sys.stdout.flush()
         sys.stderr.flush()
-        for pid in _descendants(os.getpid()):
+        for pid in descendants(os.getpid()):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -107,29 +109,6 @@ def abandon(code: int) -> None:
         os._exit(code)
     discard()
     sys.exit(code)
-
-
-def _descendants(root: int) -> list[int]:
-    """The processes below `root` (from /proc; none where there is no /proc)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
 
 
 def discard() -> None:

@@ -7,26 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from dimat.runtime import base
+
 
 def descendants(root: int) -> dict[int, str]:
     """pid → command line of every process below `root` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    out = {}
+    for pid in base.descendants(root):
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = {}, list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        try:
-            out[pid] = (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        todo += children.get(pid, [])
     return out
 
 
