@@ -15,22 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dimat.flat import FlatLayout, as_tensor, flatten_module, to_numpy
-
-OPTIMIZERS = ("sgd", "msgd", "adam")
-
-
-def make_optimizer(
-    params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
-) -> torch.optim.Optimizer:
-    """`sgd` (no momentum), `msgd` (heavy-ball momentum) or `adam`."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, foreach=True)
-    if name == "msgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
-    raise ValueError(f"algorithm.optimizer.name={name} is unknown: use one of {', '.join(OPTIMIZERS)}")
-
+from dimat.optim import OPTIMIZERS, Optimizer, make_optimizer
 
 class Agent:
     """A model whose float state is one flat vector, trained on `indices` of shared data."""
@@ -58,7 +43,7 @@ class Agent:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size
         self.optimizer_cfg = dict(optimizer)
-        self._opt: torch.optim.Optimizer | None = None  # built on first use (the driver's check agent never needs it)
+        self._opt: Optimizer | None = None  # built on first use (the driver's check agent never needs it)
         self.gen = torch.Generator().manual_seed(seed)
         self._order = np.empty(0, dtype=np.int64)
         self._pos = 0
@@ -80,17 +65,17 @@ class Agent:
         self._nhwc = self.device == "cpu" and any(p.dim() == 4 for p in self.params)
 
     @property
-    def opt(self) -> torch.optim.Optimizer:
+    def opt(self) -> Optimizer:
         if self._opt is None:
             self._opt = self._new_optimizer()
         return self._opt
 
     @opt.setter
-    def opt(self, value: torch.optim.Optimizer) -> None:
+    def opt(self, value: Optimizer) -> None:
         self._opt = value
 
     # -- data ------------------------------------------------------------
-    def _new_optimizer(self) -> torch.optim.Optimizer:
+    def _new_optimizer(self) -> Optimizer:
         c = self.optimizer_cfg
         return make_optimizer(self.model.parameters(), c["name"], c["lr"], c["momentum"], c["weight_decay"])
 
@@ -229,17 +214,14 @@ class Agent:
         """The optimizer's momentum buffers as one flat vector over the parameters (zeros where none yet)."""
         if self.group is not None:
             return self.group[0].momentum(self.group[1])
-        bufs = []
-        for p in self.params:
-            b = self.opt.state.get(p, {}).get("momentum_buffer")
-            bufs.append((b if b is not None else torch.zeros_like(p)).detach().reshape(-1))
-        return torch.cat(bufs)
+        bufs = self.opt.momentum_buffers
+        return torch.cat([(b if b is not None else torch.zeros_like(p)).detach().reshape(-1)
+                          for p, b in zip(self.params, bufs)])
 
     def set_momentum(self, flat: torch.Tensor) -> None:
         if self.group is not None:
             return self.group[0].set_momentum(self.group[1], flat)
-        for p, v in zip(self.params, self.param_views(flat)):
-            self.opt.state.setdefault(p, {})["momentum_buffer"] = v.clone()
+        self.opt.momentum_buffers = [v.clone() for v in self.param_views(flat)]
 
     def reset_optimizer(self) -> None:
         if self.group is not None:
@@ -298,4 +280,4 @@ def correct_by_class(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.nd
     return np.bincount(y[pred == y], minlength=num_classes)
 
 
-__all__ = ["Agent", "FlatLayout", "OPTIMIZERS", "channels_last", "correct_by_class", "make_optimizer", "nhwc", "predict"]
+__all__ = ["Agent", "FlatLayout", "OPTIMIZERS", "Optimizer", "channels_last", "correct_by_class", "make_optimizer", "nhwc", "predict"]

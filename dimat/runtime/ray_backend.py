@@ -155,12 +155,10 @@ def gpu_share(device: str, gpus_per_actor: float | None, gpus: float, n_hosts: i
 
 class HostActor:
     """The actor around an `AgentHost`. It starts bare, so that its process imports torch and dimat (this
-    module's imports) and what torch.optim imports on its first step while the driver puts the dataset and
-    the other actors start; `build` then makes the host, and `run` is the host's one entry point."""
+    module's imports) while the driver puts the dataset and the other actors start; `build` then makes the
+    host, and `run` is the host's one entry point."""
 
     def __init__(self):
-        import torch._dynamo  # noqa: F401 - the first optimizer step imports it (~1.5 s of CPU)
-
         self.host: AgentHost | None = None
 
     def build(self, *args: Any, **kwargs: Any) -> int:

@@ -3,7 +3,7 @@
 The flat states of the host's agents become the rows of one matrix X [agents,
 state]; every agent's module tensors stay views into its row, so merging,
 evaluation, checkpoints and the algorithms see ordinary agents. A local step
-is one call: `vmap(grad(loss))` over the stacked parameters (views of X) and
+is one call: autograd through `vmap(loss)` over the stacked parameters (views of X) and
 the stacked batches (each agent draws its own, from its own shard and RNG),
 then one optimizer step over the stacked parameters — SGD with or without
 momentum is elementwise, so one optimizer over the stack is exactly one
@@ -19,9 +19,10 @@ import math
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
-from dimat.agent import Agent, clip_, make_optimizer
+from dimat.agent import Agent, clip_
+from dimat.optim import make_optimizer
 from dimat.flat import FlatLayout, bind
 
 
@@ -59,7 +60,10 @@ class AgentGroup:
         def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return loss_fn(functional_call(self.model, params, (x,)), y)
 
-        self._step = vmap(grad_and_value(loss))
+        # the agents' losses are independent, so the gradient of their sum is every agent's own gradient:
+        # plain autograd through one vmapped forward gives vmap(grad(loss)) to the bit, as fast, and without
+        # torch.func.grad's import of torch._dynamo (~2 s of CPU per process)
+        self._losses = vmap(loss)
         self._forward = None
 
     def train(self, steps: int) -> dict[int, float]:
@@ -70,9 +74,9 @@ class AgentGroup:
         clip = self.agents[0].clip
         for _ in range(steps):
             xs, ys = zip(*(a.next_batch() for a in self.agents))
-            grads, losses = self._step(dict(zip(self.names, self.stacked)), torch.stack(xs), torch.stack(ys))
-            for p, name in zip(self.stacked, self.names):
-                p.grad = grads[name]
+            grads, losses = self._step(torch.stack(xs), torch.stack(ys))
+            for p, g in zip(self.stacked, grads):
+                p.grad = g
             if clip is not None:
                 clip_([p.grad for p in self.stacked], clip)
             for k, hook in hooks:  # e.g. gradient tracking's correction, on this agent's rows (views)
@@ -84,6 +88,12 @@ class AgentGroup:
         for a in self.agents:
             a.steps_done += steps
         return {a.index: float(v) / steps for a, v in zip(self.agents, total)}
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Every agent's parameter gradients (in `stacked` order) and loss on its own batch."""
+        leaves = [p.detach().requires_grad_() for p in self.stacked]
+        losses = self._losses(dict(zip(self.names, leaves)), x, y)
+        return torch.autograd.grad(losses.sum(), leaves), losses.detach()
 
     @torch.no_grad()
     def predict(self, x, batch_size: int) -> np.ndarray:
@@ -99,26 +109,21 @@ class AgentGroup:
 
     # -- one agent's optimizer state (its rows of the stacked state) -------------
     def momentum(self, k: int) -> torch.Tensor:
-        rows = []
-        for p in self.stacked:
-            buf = self.opt.state.get(p, {}).get("momentum_buffer")
-            rows.append((buf[k] if buf is not None else torch.zeros_like(p[k])).reshape(-1))
-        return torch.cat(rows)
+        return torch.cat([(buf[k] if buf is not None else torch.zeros_like(p[k])).reshape(-1)
+                          for p, buf in zip(self.stacked, self.opt.momentum_buffers)])
 
     def set_momentum(self, k: int, flat: torch.Tensor) -> None:
-        off = 0
-        for p in self.stacked:
-            state = self.opt.state.setdefault(p, {})
-            if state.get("momentum_buffer") is None:
-                state["momentum_buffer"] = torch.zeros_like(p)
+        off, bufs = 0, self.opt.momentum_buffers
+        for j, p in enumerate(self.stacked):
+            if bufs[j] is None:
+                bufs[j] = torch.zeros_like(p)
             n = p[k].numel()
-            state["momentum_buffer"][k].copy_(flat[off : off + n].view_as(p[k]))
+            bufs[j][k].copy_(flat[off : off + n].view_as(p[k]))
             off += n
 
     def reset(self, k: int) -> None:
         """A fresh optimizer for agent k alone: its momentum rows to zero."""
-        for p in self.stacked:
-            buf = self.opt.state.get(p, {}).get("momentum_buffer")
+        for buf in self.opt.momentum_buffers:
             if buf is not None:
                 buf[k].zero_()
 
