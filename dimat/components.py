@@ -275,24 +275,32 @@ def _resolve(c: dict, algo: Algorithm) -> None:
                               "moves neighbour messages only: use backend.comm=object_store")
 
 
-EVAL_SHARE = 0.2  # evaluation during the run may take this share of a run (eval.every=null)
+EVAL_SHARE = 0.2  # evaluation may take this share of a run (eval.every=null)
 EVAL_COST = 1 / 3  # an evaluated sample (a forward pass) against a trained one (forward and backward)
 
 
-def _resolve_eval(c: dict, algo: Algorithm, steps: int, eval_samples: int) -> None:
-    """eval.before_merge=null: on for permutation merges; eval.every=null: the smallest k for which an
-    evaluated round every k rounds costs at most EVAL_SHARE of the run (samples counted, not timed, so the
-    evaluated rounds are the same on every run)."""
+def _resolve_eval(c: dict, algo: Algorithm, steps: int, eval_samples: int, full_samples: int,
+                  pretrain_samples: int) -> None:
+    """eval.before_merge=null: on for permutation merges. eval.every=null: the smallest spacing for which the
+    whole run's evaluation — the evaluated rounds during it, and the last round's, always every agent on the
+    full test set (and the global merge, and the post-merge rounds') — costs at most EVAL_SHARE of the run.
+    Samples are counted, not timed, so the evaluated rounds are the same on every run. Where the last round's
+    evaluation alone exceeds that share (many agents, little data each), only the last round is evaluated."""
     e = c["eval"]
     if e["before_merge"] is None:
         e["before_merge"] = bool(algo.uses_merge and algo.communicates)
     if e["every"] is None:
         n = 1 if isinstance(algo, Centralized) else c["agents"]
-        agents = min(n, e["agents"] or n)
-        models = agents * (2 if e["before_merge"] and algo.communicates else 1) + 1  # + the average model
-        evaluated = EVAL_COST * eval_samples * models
-        trained = c["agents"] * steps * c["batch_size"]
-        e["every"] = max(1, math.ceil(evaluated * (1 - EVAL_SHARE) / (EVAL_SHARE * trained)))
+        per_agent = 2 if e["before_merge"] and algo.communicates else 1
+        during = EVAL_COST * eval_samples * (min(n, e["agents"] or n) * per_agent + 1)  # + the average model
+        fm = c["final_merge"]
+        last = EVAL_COST * full_samples * (n * per_agent + 1 + (1 + (n + 1) * bool(fm["rounds"])
+                                                                 if fm["enabled"] else 0))
+        rounds = c["rounds"]
+        trained = c["agents"] * steps * c["batch_size"] * rounds + pretrain_samples
+        budget = EVAL_SHARE / (1 - EVAL_SHARE) * trained - last
+        fit = max(0, math.floor(budget / during))  # evaluated rounds before the last one that fit the budget
+        e["every"] = 1 if fit >= rounds - 1 else (rounds - 1) // (fit + 1) + 1
 
 
 def _dataset(c: dict, given: Dataset | None) -> Dataset:
@@ -381,8 +389,9 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None =
     labels["model"] = _name(make_model).rsplit(".", 1)[-1]
     steps = c["local_steps"] or epochs_to_steps(c["local_epochs"], parts, c["batch_size"])
     eval_index = eval_subsample(ds.y_test, c["eval"]["max_samples"], c["seed"])
-    _resolve_eval(c, algo, steps, len(ds.y_test) if eval_index is None else len(eval_index))
     pretrain = epochs_to_steps(c["pretrain_epochs"], parts, c["batch_size"]) if c["pretrain_epochs"] else 0
+    _resolve_eval(c, algo, steps, len(ds.y_test) if eval_index is None else len(eval_index), len(ds.y_test),
+                  pretrain * c["batch_size"] * c["agents"])
 
     # one agent on the driver, built as every host will build its own: the model runs on the data,
     # the optimizer accepts its settings, the algorithm prepares it (a permutation spec derives and self-tests)

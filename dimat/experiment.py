@@ -221,7 +221,7 @@ class Driver:
         ids = None if full else self.evaluated_agents()
         t0 = time.perf_counter()
         counts = self.full_counts if full else self.test_counts
-        rec.update(_measure(backend, len(self.alive), counts, self.own, ids=ids, full=full))
+        rec.update(_measure(backend, len(self.alive), counts, self.own, c["eval"]["batch_size"], ids=ids, full=full))
         self.eval_s[full] += time.perf_counter() - t0
         rec["eval_samples"] = int(counts.sum())
         if ids is not None:
@@ -289,7 +289,8 @@ class Driver:
             outcome = run_exchange(self.backend, self.algorithm, mixing_rows(W, full_plan(W)), self.alive, self.sizes,
                                    plain=True)
             self.ledger.add(outcome.transfers)
-        after = _measure(self.backend, len(self.alive), self.full_counts, self.own, full=True)
+        after = _measure(self.backend, len(self.alive), self.full_counts, self.own, self.c["eval"]["batch_size"],
+                         full=True)
         return {"post_merge_rounds": rounds, "bytes_post_merge": self.ledger.total - before,
                 "post_merge_acc_mean": after["acc_mean"], "post_merge_acc_avg_model": after["acc_avg_model"],
                 "post_merge_consensus": after["consensus"]}
@@ -353,19 +354,51 @@ def _consensus(backend, n: int) -> tuple[float, np.ndarray]:
     return float(np.mean(list(dists.values()))), mean
 
 
-def _measure(backend, n: int, test_counts: np.ndarray, own: np.ndarray, *, full: bool = False,
+def _measure(backend, n: int, test_counts: np.ndarray, own: np.ndarray, batch_size: int, *, full: bool = False,
              ids: list[int] | None = None) -> dict:
-    """Accuracies of the agents `ids` (None: all) and of the average model, and the consensus distance."""
-    correct = _merge_dicts(backend.run(ops.evaluate, full, ids))
+    """Accuracies of the agents `ids` (None: all) and of the average model, and the consensus distance.
+
+    One call per host evaluates its agents and its share of the average model's test samples (`spread`)."""
+    consensus, mean = _consensus(backend, n)
+    m = int(test_counts.sum())
+    loads = [m * sum(1 for i in g if ids is None or i in ids) for g in backend.groups]
+    handle = backend.put(mean.astype(np.float32))
+    out = backend.run_each(ops.evaluate_with, [(full, ids, handle, p) for p in spread(loads, m, batch_size)])
+    correct = _merge_dicts([agents for agents, _ in out])
+    avg_correct = np.sum([counts for _, counts in out], axis=0)
     acc = [accuracy(correct[i], test_counts) for i in correct]
     acc_own = [accuracy(correct[i], test_counts, own[i]) for i in correct]
-    consensus, mean = _consensus(backend, n)
-    avg_correct = backend.run_one(0, ops.evaluate_state, mean.astype(np.float32), full)
     return {
         "acc_mean": float(np.mean(acc)), "acc_min": float(np.min(acc)), "acc_max": float(np.max(acc)),
         "acc_avg_model": accuracy(avg_correct, test_counts), "consensus": consensus,
         "acc": acc, "acc_own": acc_own,
     }
+
+
+def _evaluate_state(backend, vec: np.ndarray, m: int, batch_size: int) -> np.ndarray:
+    """Correct predictions per class of one model on the full test set (m samples), every host taking a part."""
+    handle = backend.put(np.asarray(vec, dtype=np.float32))
+    parts = spread([0] * len(backend.groups), m, batch_size)
+    return np.sum(backend.run_each(ops.evaluate_state, [(handle, True, p) for p in parts]), axis=0)
+
+
+def spread(loads: list[int], m: int, batch_size: int) -> list[tuple[int, int]]:
+    """One extra model's m test samples split between hosts already busy with `loads` samples each: contiguous
+    slices of whole batches (so every batch is the one a single pass would predict), each batch going to the
+    host that would finish first. Host order is kept; a host may get an empty slice."""
+    n_batches = -(-m // batch_size)
+    total = list(loads)
+    take = [0] * len(loads)
+    for _ in range(n_batches):
+        h = min(range(len(total)), key=lambda k: (total[k] + batch_size, k))
+        total[h] += batch_size
+        take[h] += 1
+    parts, lo = [], 0
+    for t in take:
+        hi = min(m, lo + t * batch_size)
+        parts.append((lo, hi))
+        lo = hi
+    return parts
 
 
 def _final_merge(c: dict, s: Setup, backend, n: int, test_counts: np.ndarray) -> dict:
@@ -384,7 +417,7 @@ def _final_merge(c: dict, s: Setup, backend, n: int, test_counts: np.ndarray) ->
     elif keys := bn_keys(layout):
         per_shard = [x for h in backend.run(ops.bn_stats, merged, keys, samples) for x in h]
         merged = set_bn_stats(merged, layout, pool_bn_stats(per_shard))
-    acc = accuracy(backend.run_one(0, ops.evaluate_state, merged, True), test_counts)
+    acc = accuracy(_evaluate_state(backend, merged, int(test_counts.sum()), c["eval"]["batch_size"]), test_counts)
     # every agent uploads its state and downloads the merged one (and REPAIR's statistics travel)
     return {
         "final_acc_global_merge": acc, "bytes_final_merge": 2 * n * s.model_bytes + repair_bytes,

@@ -66,6 +66,8 @@ def test_ray_matches_inprocess(tiny, tmp_path):
     b = run(tiny(*common, "backend=ray", "backend.num_cpus=2", f"run.dir={tmp_path}/b"))
     for ra, rb in zip(a.records, b.records):
         np.testing.assert_allclose(ra["acc"], rb["acc"], atol=1e-6)
+        # one host in-process; on Ray the two actors split the average model's test samples (`spread`)
+        assert ra["acc_avg_model"] == pytest.approx(rb["acc_avg_model"], abs=1e-6)
         assert ra["consensus"] == pytest.approx(rb["consensus"], rel=1e-4, abs=1e-8)
         assert ra["bytes_total"] == rb["bytes_total"]
 
@@ -133,21 +135,56 @@ def test_final_figures_are_on_the_full_test_set_whatever_eval_says(tiny, tmp_pat
 
 
 @pytest.mark.parametrize("algorithm, before", [("dsgd", False), ("dimat", True), ("local", False)])
-def test_by_default_evaluation_takes_at_most_a_fifth_of_the_run(tiny, algorithm, before):
-    """eval.every=null spaces evaluated rounds so that evaluation (forward passes, a third of a trained sample's
-    cost) stays within a fifth of the run; eval.before_merge=null evaluates before merges only for dimat."""
+@pytest.mark.parametrize("n_train, rounds", [(4000, 12), (20000, 12), (800, 6)])
+def test_by_default_evaluation_takes_at_most_a_fifth_of_the_run(tiny, algorithm, before, n_train, rounds):
+    """eval.every=null spaces evaluated rounds so that the whole run's evaluation (forward passes, a third of a
+    trained sample's cost), the last round's on the full test set included, stays within a fifth of the run;
+    where the last round alone exceeds it, only the last round is evaluated. eval.before_merge=null evaluates
+    before merges only for dimat."""
     from dimat.api import to_plain
     from dimat.components import EVAL_COST, setup
 
     s = setup(to_plain(tiny(f"algorithm={algorithm}", "backend=inprocess", "eval.every=null", "agents=8",
-                            "data.n_test=2000")))
-    e = s.cfg["eval"]
+                            f"rounds={rounds}", f"data.n_train={n_train}", "data.n_test=2000",
+                            "eval.max_samples=500")))
+    c, e = s.cfg, s.cfg["eval"]
     assert e["before_merge"] is before
-    trained = 8 * s.steps_per_round * s.cfg["batch_size"]  # samples per round
-    evaluated = EVAL_COST * 2000 * (8 * (2 if before else 1) + 1)  # per evaluated round
-    share = lambda every: evaluated / (evaluated + every * trained)  # noqa: E731
-    assert share(e["every"]) <= 0.2 < share(e["every"] - 1) or e["every"] == 1
-    assert e["every"] > 1  # 8 agents, 512 training samples, 2,000 test samples: evaluation must be spaced out
+    models = 8 * (2 if before else 1) + 1  # the agents (before and after a merge) and the average model
+    last = EVAL_COST * 2000 * (models + (1 if c["final_merge"]["enabled"] else 0))
+    trained = 8 * s.steps_per_round * c["batch_size"] * rounds + 8 * s.pretrain_steps * c["batch_size"]
+
+    def share(every: int) -> float:
+        evaluated = EVAL_COST * 500 * models * ((rounds - 1) // every) + last
+        return evaluated / (evaluated + trained)
+
+    every = e["every"]
+    assert 1 <= every <= rounds
+    assert share(every) <= 0.2 or every == rounds  # within the budget, or nothing but the last round
+    assert every == 1 or share(every - 1) > 0.2  # and the densest spacing that is
+    if n_train == 800:  # 100 training samples per agent against 2,000 test samples: the last round is over it
+        assert every == rounds and share(rounds) > 0.2
+    if n_train == 20000:
+        assert every == 1  # enough training to afford a record every round
+    if n_train == 4000:
+        assert 1 < every < rounds  # records during the run, spaced
+
+
+def test_spread_gives_the_extra_models_batches_to_the_least_busy_hosts():
+    from dimat.experiment import spread
+
+    # 5 agents on two hosts (3 + 2) and 10,000 test samples: the average model's whole evaluation goes to the
+    # host with two agents, and both finish after 30,000 predictions instead of 40,000 on host 0
+    assert spread([30000, 20000], 10000, 250) == [(0, 0), (0, 10000)]
+    # idle hosts (the final global merge): an even split in whole batches, contiguous, covering every sample
+    parts = spread([0, 0, 0], 1000, 256)
+    assert parts == [(0, 512), (512, 768), (768, 1000)]
+    for loads, m, bs in (([0], 7, 256), ([5, 900, 0, 40], 2000, 64), ([100] * 7, 3, 1)):
+        parts = spread(loads, m, bs)
+        assert len(parts) == len(loads) and parts[0][0] == 0 and parts[-1][1] == m
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        assert all(lo % bs == 0 for lo, _ in parts)  # every batch is the one a single pass predicts
+        finish = [load + (hi - lo) for load, (lo, hi) in zip(loads, parts)]
+        assert max(finish) <= max(max(loads), -(-(sum(loads) + m) // len(loads))) + bs
 
 
 def test_the_evaluation_subsample_is_class_stratified():

@@ -77,12 +77,24 @@ def evaluate(host, full: bool = False, ids: list[int] | None = None) -> dict[int
     return {i: correct_by_class(host.agents[i].predict(x, bs), y, classes) for i in ids}
 
 
-def evaluate_state(host, vec: np.ndarray, full: bool = False) -> np.ndarray:
-    """Correct predictions per class of a given flat state (e.g. the average model)."""
+def evaluate_state(host, vec: np.ndarray, full: bool = False, part: tuple[int, int] | None = None) -> np.ndarray:
+    """Correct predictions per class of a given flat state (e.g. the average model), on the test samples
+    [part[0], part[1]) (None: all of them)."""
+    x, y = test_set(host, full)
+    if part is not None:
+        x, y = x[part[0] : part[1]], y[part[0] : part[1]]
+    if len(x) == 0:
+        return np.zeros(host.dataset.num_classes, dtype=np.int64)
     model, flat = host.scratch_model()
     flat.copy_(as_tensor(vec))
-    x, y = test_set(host, full)
     return correct_by_class(predict(model, x, host.spec.eval_batch_size, host.device), y, host.dataset.num_classes)
+
+
+def evaluate_with(host, full: bool, ids: list[int] | None, vec: np.ndarray, part: tuple[int, int]
+                  ) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """`evaluate` of the hosted agents, and `evaluate_state` of `vec` on this host's part of the test samples:
+    the hosts share one extra model's evaluation in the same call (`dimat.experiment.spread`)."""
+    return evaluate(host, full, ids), evaluate_state(host, vec, full, part)
 
 
 def bn_stats(host, vec: np.ndarray, keys: list[str], samples: int) -> list[tuple[int, dict[str, np.ndarray]]]:
