@@ -17,6 +17,7 @@ from torch import nn
 from dimat.flat import FlatLayout, as_tensor, flatten_module, to_numpy
 from dimat.optim import OPTIMIZERS, Optimizer, make_optimizer
 
+
 class Agent:
     """A model whose float state is one flat vector, trained on `indices` of shared data."""
 

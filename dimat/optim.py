@@ -82,7 +82,6 @@ class Optimizer:
         torch._foreach_lerp_(avgs, grads, 1 - beta1)
         torch._foreach_mul_(sqs, beta2)
         torch._foreach_addcmul_(sqs, grads, grads, 1 - beta2)
-        del grads
         step_size = [(self.lr / (1 - beta1 ** float(self.steps[i]))) * -1 for i in group]
         bc2_sqrt = [(1 - beta2 ** float(self.steps[i])) ** 0.5 for i in group]
         denom = torch._foreach_sqrt(sqs)

@@ -22,8 +22,8 @@ import torch
 from torch.func import functional_call, vmap
 
 from dimat.agent import Agent, clip_
-from dimat.optim import make_optimizer
 from dimat.flat import FlatLayout, bind
+from dimat.optim import make_optimizer
 
 
 def check_vectorizable(layout: FlatLayout, optimizer: str) -> None:
