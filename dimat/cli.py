@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict
 from dimat.config import register
 from dimat.configure import ConfigError, compose, conf_dir
 from dimat.runtime import prestart
+from dimat.runtime.base import mark_cpus
 
 register()
 CONF_DIR = str(conf_dir())
@@ -96,6 +97,7 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    mark_cpus()  # the free CPUs are then read over the time the config and imports take, with no wait
     error, cfg = precheck(sys.argv[1:])
     if error is not None:
         _fail(error)

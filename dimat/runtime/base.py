@@ -46,18 +46,39 @@ def descendants(root: int, stats: dict[int, list[str]] | None = None) -> list[in
     return out
 
 
-def _busy_cpus(window_s: float = 0.25) -> float | None:
-    """How many CPUs other work keeps busy right now, from two readings of /proc/stat (None off Linux); this
-    process's own threads (the driver importing and loading while Ray starts) are not other work."""
-    def read() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)  # total, idle + iowait
+def _cpu_reading() -> tuple[int, int, float, float]:
+    """(all CPU ticks, idle ticks) from /proc/stat, this process's CPU seconds, the time."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0), time.process_time(), time.monotonic()
 
+
+# the first reading of `_busy_cpus`' window, taken where a process starts (`mark_cpus`), so that the run's
+# later reading needs no wait; used while it is between these ages (seconds)
+_mark: tuple[int, int, float, float] | None = None
+MARK_AGES = (0.1, 30.0)
+
+
+def mark_cpus() -> None:
+    """Start `free_cpus`' window now (the CLI does, first thing): its reading then spans the time since,
+    instead of sleeping for a window of its own."""
+    global _mark
     try:
-        total0, idle0, own0, t0 = *read(), time.process_time(), time.monotonic()
-        time.sleep(window_s)
-        total1, idle1, own1, t1 = *read(), time.process_time(), time.monotonic()
+        _mark = _cpu_reading()
+    except (OSError, ValueError, IndexError):
+        _mark = None
+
+
+def _busy_cpus(window_s: float = 0.25) -> float | None:
+    """How many CPUs other work keeps busy right now, from two readings of /proc/stat (None off Linux): since
+    `mark_cpus()` where that is recent, else over `window_s` of sleep. This process's own threads (the driver
+    importing and loading while Ray starts) are not other work."""
+    try:
+        first = _mark
+        if first is None or not MARK_AGES[0] <= time.monotonic() - first[3] <= MARK_AGES[1]:
+            first = _cpu_reading()
+            time.sleep(window_s)
+        (total0, idle0, own0, t0), (total1, idle1, own1, t1) = first, _cpu_reading()
     except (OSError, ValueError, IndexError):
         return None
     dt = total1 - total0
