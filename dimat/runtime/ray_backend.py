@@ -21,8 +21,9 @@ import importlib
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -30,7 +31,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dimat.runtime import prestart
 from dimat.runtime.base import Backend, HostFailure, assign_agents, free_cpus, resolve_device
-from dimat.runtime.host import AgentHost, HostSpec
+
+if TYPE_CHECKING:  # torch: imported by the actors as they start (`HostActor`) and by the driver's run, not here,
+    # so that the start-up thread starts Ray without waiting for torch
+    from dimat.runtime.host import AgentHost, HostSpec
 
 
 # Ray components a local simulation never uses, each started by a function that Ray looks up while ray.init
@@ -45,19 +49,51 @@ LEAN = (
 )
 
 
+def _once_registered(get_node: Callable) -> Callable:
+    """Ray's `services.get_node`, which ray.init calls to wait for the raylet it started: that lookup tries
+    once a second, and the raylet registers about 0.6 s in, so ray.init idled for the rest of the second.
+    Here it first waits for the registration in 50 ms steps (on any error, straight to Ray's lookup)."""
+    def wait_then_get(gcs_address: str, node_id: str, *args: Any, **kwargs: Any):
+        try:
+            from ray._raylet import GcsClient
+
+            client, deadline = GcsClient(address=gcs_address), time.monotonic() + 30.0
+            while time.monotonic() < deadline and not any(
+                    n.hex() == node_id for n in client.get_all_node_info(timeout=5)):
+                time.sleep(0.05)
+        except Exception:  # noqa: BLE001 - an internal API of Ray's that moved: its own lookup still works
+            pass
+        return get_node(gcs_address, node_id, *args, **kwargs)
+
+    return wait_then_get
+
+
+# functions of Ray's that a local start calls, wrapped (module, attribute, wrapper of the original)
+SOONER = (("ray._private.services", "get_node", _once_registered),)
+
+# Ray's local socket clients retry a connection every `raylet_client_connect_timeout_milliseconds` (1 s),
+# `raylet_client_num_connect_attempts` times (10): the raylet's first connection to its own object store,
+# made while the store's thread is still starting, missed about every other start and cost it a second.
+# Retried every 50 ms within the same 10 s (a client that tries 300 times waits 15 s, not 300 s).
+SYSTEM_CONFIG = {"raylet_client_connect_timeout_milliseconds": 50, "raylet_client_num_connect_attempts": 200}
+
+
 @contextlib.contextmanager
 def lean_ray():
-    """Within it, ray.init starts a local instance without the components `LEAN` names. One that this Ray
-    version does not have where `LEAN` says is left alone (the run works, with that component running)."""
+    """Within it, ray.init starts a local instance without the components `LEAN` names, and with `SOONER`'s
+    waits. One that this Ray version does not have where they say is left alone (the run works, with that
+    component running, or waiting as Ray does)."""
     saved = []
-    for module, path, stand_in in LEAN:
-        owner = importlib.import_module(module)
-        *parents, name = path.split(".")
-        for parent in parents:
-            owner = getattr(owner, parent, None)
-        if owner is not None and callable(getattr(owner, name, None)):
-            saved.append((owner, name, getattr(owner, name)))
-            setattr(owner, name, stand_in)
+    for table, make in ((LEAN, lambda original, stand_in: stand_in), (SOONER, lambda original, wrap: wrap(original))):
+        for module, path, how in table:
+            owner = importlib.import_module(module)
+            *parents, name = path.split(".")
+            for parent in parents:
+                owner = getattr(owner, parent, None)
+            if owner is not None and callable(getattr(owner, name, None)):
+                original = getattr(owner, name)
+                saved.append((owner, name, original))
+                setattr(owner, name, make(original, how))
     try:
         yield
     finally:
@@ -117,6 +153,7 @@ def start_local_ray(num_cpus: int | None) -> bool:
             _node_ip_address="127.0.0.1",
             logging_level=logging.WARNING,
             log_to_driver=True,
+            _system_config=SYSTEM_CONFIG,
         )
     return before
 
@@ -154,14 +191,18 @@ def gpu_share(device: str, gpus_per_actor: float | None, gpus: float, n_hosts: i
 
 
 class HostActor:
-    """The actor around an `AgentHost`. It starts bare, so that its process imports torch and dimat (this
-    module's imports) while the driver puts the dataset and the other actors start; `build` then makes the
-    host, and `run` is the host's one entry point."""
+    """The actor around an `AgentHost`. It starts bare, and its process imports torch and dimat as it is
+    made, while the driver puts the dataset and the other actors start; `build` then makes the host, and
+    `run` is the host's one entry point."""
 
     def __init__(self):
+        import dimat.runtime.host  # noqa: F401 - torch and dimat, ahead of `build`
+
         self.host: AgentHost | None = None
 
     def build(self, *args: Any, **kwargs: Any) -> int:
+        from dimat.runtime.host import AgentHost
+
         self.host = AgentHost(*args, **kwargs)
         return len(self.host.agents)
 

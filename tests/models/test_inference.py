@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,29 @@ def test_free_cpus_do_not_count_this_process_as_other_work():
     if quiet is None:  # no /proc/stat here
         return
     assert busy < quiet + 0.5, (quiet, busy)  # counting its own spinning thread would add about 1
+
+
+def test_free_cpus_read_since_the_mark_without_waiting(monkeypatch):
+    """`mark_cpus` (the CLI's first step) starts the window: the run's reading then needs no sleep, and this
+    process's own work since the mark is not other work. Without a recent mark it waits its own window."""
+    if base._busy_cpus(0.05) is None:  # no /proc/stat here
+        return
+    monkeypatch.setattr(base, "_mark", None)
+    t = time.monotonic()
+    base._busy_cpus(0.3)
+    assert time.monotonic() - t >= 0.3  # no mark: a window of its own
+    base.mark_cpus()
+    t = time.monotonic()
+    while time.monotonic() - t < 0.4:  # this process busy on one CPU since the mark
+        sum(range(1000))
+    quiet_before = base._busy_cpus(0.3)  # the mark is recent: read over the 0.4 s since it, no sleep
+    assert time.monotonic() - t < 0.6
+    monkeypatch.setattr(base, "_mark", None)
+    assert quiet_before < base._busy_cpus(0.3) + 0.5  # its own spinning not counted (it would add about 1)
+    monkeypatch.setattr(base, "_mark", (0, 0, 0.0, time.monotonic() - base.MARK_AGES[1] - 1))
+    t = time.monotonic()
+    base._busy_cpus(0.3)
+    assert time.monotonic() - t >= 0.3  # a stale mark is not used
 
 
 def test_the_layout_bench_runs_and_finds_the_same_predictions():

@@ -96,3 +96,57 @@ def test_a_local_ray_is_its_own_whatever_cluster_the_environment_names(local_ray
     assert ray.is_initialized()
     assert ray.get_runtime_context().gcs_address != UNREACHABLE
     assert any("gcs_server" in cmd for cmd in local_ray.values())  # started here, below this process
+
+
+def test_a_local_ray_retries_its_socket_connections_often_within_rays_budget(local_ray):
+    """The raylet's first connection to its object store misses about every other start: retried every 50 ms
+    rather than every second, within the same 10 s."""
+    from ray._raylet import Config
+
+    from dimat.runtime.ray_backend import SYSTEM_CONFIG
+
+    assert Config.raylet_client_connect_timeout_milliseconds() == 50
+    assert Config.raylet_client_connect_timeout_milliseconds() * Config.raylet_client_num_connect_attempts() == 10_000
+    assert SYSTEM_CONFIG["raylet_client_num_connect_attempts"] == Config.raylet_client_num_connect_attempts()
+
+
+class FakeNodeId:
+    def __init__(self, hex_id: str):
+        self.hex_id = hex_id
+
+    def hex(self) -> str:
+        return self.hex_id
+
+
+def test_ray_init_looks_the_node_up_once_it_has_registered(monkeypatch):
+    """`_once_registered`: polls the GCS until the raylet's node is there, then Ray's own lookup (which waits a
+    whole second per miss) finds it at its first try; where the poll fails, Ray's lookup runs as it would."""
+    import ray._raylet
+
+    from dimat.runtime.ray_backend import _once_registered
+
+    polls, lookups = [], []
+
+    class Gcs:
+        def __init__(self, address):
+            assert address == "127.0.0.1:1234"
+
+        def get_all_node_info(self, timeout):
+            polls.append(timeout)
+            return {FakeNodeId("ab" if len(polls) >= 3 else "other"): None}
+
+    def lookup(gcs_address, node_id):
+        lookups.append(len(polls))
+        return {"node_id": node_id}
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", Gcs)
+    assert _once_registered(lookup)("127.0.0.1:1234", "ab") == {"node_id": "ab"}
+    assert lookups == [3]  # looked up once, after the poll that saw the node
+
+    class Broken:
+        def __init__(self, address):
+            raise RuntimeError("no such API")
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", Broken)
+    assert _once_registered(lookup)("127.0.0.1:1234", "ab") == {"node_id": "ab"}
+    assert lookups == [3, 3]

@@ -131,3 +131,13 @@ def test_a_start_that_failed_ahead_is_reported_once_without_starting_ray_again(t
         dimat.run(cfg)
     assert count_starts == [4]  # the run raised the thread's error instead of starting Ray a second time
     assert not ray.is_initialized()
+
+
+def test_the_start_up_thread_starts_ray_without_importing_torch():
+    """Ray's processes start while the driver imports torch: the modules the thread imports do not, and the
+    actors import it as they are made."""
+    code = ("import sys, dimat.runtime.prestart, dimat.runtime.ray_backend as rb\n"
+            "print('torch' in sys.modules, 'dimat.runtime.host' in rb.HostActor.__init__.__code__.co_names)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
