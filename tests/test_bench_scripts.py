@@ -177,3 +177,22 @@ def test_the_gpu_script_runs_dry_on_the_cpu():
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     lines = [ln for ln in p.stdout.splitlines() if ln[:2] in ("1 ", "2 ", "3 ", "4 ", "5 ")]
     assert len(lines) == 5 and "same bytes and accuracies" in lines[-1], p.stdout
+
+
+# --------------------------------------------------------------------------- examples.py
+def test_the_examples_bench_runs_the_readmes_commands_and_reads_their_evaluation_share(tmp_path, capsys):
+    import examples
+
+    assert examples.order(["protocol_dimat", "defaults"]) == ["protocol_alone", "protocol_dimat", "defaults"]
+    assert examples.eval_share({"wall_s": 10.0, "eval_s": 1.0, "final_eval_s": 1.5}) == pytest.approx(0.25)
+    assert examples.eval_share({}) is None
+    rows = examples.main(["--only", "dsgd_inprocess", "--out", str(tmp_path), "--json", "--",
+                          "data=synthetic", "model.hidden=[16]"])
+    (row,) = rows
+    assert row["rc"] == 0 and row["args"] == examples.EXAMPLES["dsgd_inprocess"]
+    assert (tmp_path / "dsgd_inprocess" / "summary.json").exists()
+    assert row["summary"]["rounds"] == 3 and row["whole_s"] > row["summary"]["wall_s"] > 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed[0]["name"] == "dsgd_inprocess" and 0 <= printed[0]["eval_share"] <= 1
+    with pytest.raises(SystemExit):
+        examples.main(["--only", "nonesuch"])

@@ -84,16 +84,16 @@ def lean_ray():
     waits. One that this Ray version does not have where they say is left alone (the run works, with that
     component running, or waiting as Ray does)."""
     saved = []
-    for table, make in ((LEAN, lambda original, stand_in: stand_in), (SOONER, lambda original, wrap: wrap(original))):
-        for module, path, how in table:
-            owner = importlib.import_module(module)
-            *parents, name = path.split(".")
-            for parent in parents:
-                owner = getattr(owner, parent, None)
-            if owner is not None and callable(getattr(owner, name, None)):
-                original = getattr(owner, name)
-                saved.append((owner, name, original))
-                setattr(owner, name, make(original, how))
+    patches = [(module, path, lambda original, stand_in=stand_in: stand_in) for module, path, stand_in in LEAN]
+    for module, path, replace in patches + list(SOONER):
+        owner = importlib.import_module(module)
+        *parents, name = path.split(".")
+        for parent in parents:
+            owner = getattr(owner, parent, None)
+        if owner is not None and callable(getattr(owner, name, None)):
+            original = getattr(owner, name)
+            saved.append((owner, name, original))
+            setattr(owner, name, replace(original))
     try:
         yield
     finally:
