@@ -31,6 +31,7 @@ import dimat  # noqa: E402
 import topologies  # noqa: E402
 from dimat import run  # noqa: E402
 from dimat.agent import nhwc  # noqa: E402 - the same layout the agents use
+from dimat.runtime.vectorized import AGENTS_PER_PASS  # noqa: E402 - the same blocks a vectorized host predicts in
 
 RAY_ONLY = ("backend.address", "backend.agents_per_actor", "backend.num_cpus",
             "backend.placement", "backend.comm", "backend.gpus_per_actor", "backend.timeout_s")
@@ -83,7 +84,9 @@ class Work:
     evals: list[tuple[np.ndarray, np.ndarray, int] | None]
     eval_batch: int
     communicates: bool  # an evaluated round also measures the consensus distance before its exchange
-    before_merge: bool  # ... and evaluates the agents before it, on the same samples
+    # per round: what the agents are evaluated on just before its exchange (eval.before_merge) — the subsample
+    # (the last round: every agent) — or None
+    before: list[tuple[np.ndarray, np.ndarray, int] | None]
     seed: int = 0  # the run's seed: the shared initial weights
 
 
@@ -119,13 +122,15 @@ def work_of(overrides: list[str]) -> Work:
     during = ((ds.x_test, ds.y_test) if idx is None else (ds.x_test[idx], ds.y_test[idx])) + (
         min(n, c["eval"]["agents"] or n),)
     evals = [(ds.x_test, ds.y_test, n) if r == R else during if r % every == 0 else None for r in range(1, R + 1)]
+    before = [None if e is None or not c["eval"]["before_merge"] else during if r < R else (*during[:2], n)
+              for r, e in enumerate(evals, 1)]
     return Work(
         make_model=functools.partial(s.host.model, input_shape=ds.input_shape, num_classes=ds.num_classes),
         parts=s.parts, x_train=ds.x_train, y_train=ds.y_train, batch_size=c["batch_size"], steps=s.steps_per_round,
         pretrain=s.pretrain_steps, rounds=R, optimizer=s.algorithm.optimizer,
         label_smoothing=s.algorithm.training["label_smoothing"], clip=s.algorithm.training["clip"], mixes=mixes,
         evals=evals, eval_batch=c["eval"]["batch_size"], communicates=s.algorithm.communicates,
-        before_merge=bool(c["eval"]["before_merge"]), seed=s.host.seed,
+        before=before, seed=s.host.seed,
     )
 
 
@@ -286,13 +291,17 @@ class Kernels:
         xt, yt, bs = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), self.w.eval_batch
         if self.kind == "vmap":
             self.stack.base.eval()
-            p = {k: v[:agents] for k, v in self.stack.params.items()}
-            b = {k: v[:agents] for k, v in self.stack.buffers.items()}
-            # images per batched forward: a vectorized dimat host's chunk for dense models; for convolutional
-            # ones the loop's inference batch (their activations are large: 16× that would need gigabytes)
-            step = max(1, (bs if self.conv else 16 * bs) // agents)
-            return sum(((self._forward(p, b, xt[s : s + step]).argmax(-1) == yt[s : s + step]).sum(1)
-                        for s in range(0, len(x), step)), torch.zeros(agents, dtype=torch.int64))
+            # blocks of agents, each through every inference batch: a block's weights stay in cache across
+            # its batches (all agents per batch would read every weight once per batch); convolutional models
+            # one agent per block (their activations are large, and vmapped convolutions are grouped ones)
+            block, out = 1 if self.conv else AGENTS_PER_PASS, []
+            for lo in range(0, agents, block):
+                hi = min(agents, lo + block)
+                p = {k: v[lo:hi] for k, v in self.stack.params.items()}
+                b = {k: v[lo:hi] for k, v in self.stack.buffers.items()}
+                out.append(sum(((self._forward(p, b, xt[s : s + bs]).argmax(-1) == yt[s : s + bs]).sum(1)
+                                for s in range(0, len(x), bs)), torch.zeros(hi - lo, dtype=torch.int64)))
+            return torch.cat(out)
         out = []
         xt = nhwc(xt) if self.conv else xt
         for m in self.models[:agents]:
@@ -391,12 +400,12 @@ def _time_parts(k: Kernels, w: Work) -> dict[str, float]:
         t[part] += time.perf_counter() - t0
 
     timed("train", k.train, w.pretrain)
-    for W, ev in zip(w.mixes, w.evals):
+    for W, ev, before in zip(w.mixes, w.evals, w.before):
         timed("train", k.train, w.steps)
         if ev is not None and w.communicates:  # what the driver measures before an evaluated round's exchange
             timed("eval", k.consensus)
-            if w.before_merge:
-                timed("eval", k.correct, *ev)
+            if before is not None:
+                timed("eval", k.correct, *before)
         if W is not None:
             timed("mix", k.mix, W)
         if ev is not None:

@@ -16,8 +16,8 @@ import time
 
 from _common import compose_cfg, run
 
-PHASES = ("setup", "AgentHost.__init__", "train", "evaluate", "evaluate_state", "run_exchange", "state_sum",
-          "sq_distance", "_final_merge")
+PHASES = ("setup", "AgentHost.__init__", "train", "evaluate", "evaluate_state", "run_exchange", "moments",
+          "_final_merge")
 
 
 def main() -> None:

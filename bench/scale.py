@@ -106,10 +106,10 @@ def signature(w) -> str:
     """What makes two configurations the same arithmetic (rows that differ only in how dimat runs it share a floor)."""
     h = hashlib.sha1()
     fn = w.make_model
-    evals = [None if e is None else (len(e[1]), e[2]) for e in w.evals]
+    evals = [None if e is None else (len(e[1]), e[2]) for e in [*w.evals, *w.before]]
     h.update(repr((fn.func, sorted(fn.keywords.items()), w.batch_size, w.steps, w.pretrain, w.rounds,
                    sorted(w.optimizer.items()), w.label_smoothing, w.clip, evals, w.eval_batch, w.communicates,
-                   w.before_merge, w.seed)).encode())
+                   w.seed)).encode())
     for a in [*w.parts, *(W for W in w.mixes if W is not None), w.x_train[:64]]:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()

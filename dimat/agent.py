@@ -63,7 +63,7 @@ class Agent:
         self.group = None
         # convolutions train faster on CPU on channels-last inputs (their output, and what follows, then takes
         # that layout; the weights stay views of the flat vector): 1.15-1.4x for the cnn, vgg and resnet
-        self._nhwc = self.device == "cpu" and any(p.dim() == 4 for p in self.params)
+        self.nhwc_inputs = self.device == "cpu" and any(p.dim() == 4 for p in self.params)
 
     @property
     def opt(self) -> Optimizer:
@@ -110,7 +110,7 @@ class Agent:
         total = torch.zeros((), device=self.device)
         for _ in range(steps):
             xb, yb = self.next_batch()
-            loss = self.loss_fn(self.model(nhwc(xb) if self._nhwc else xb), yb)
+            loss = self.loss_fn(self.model(nhwc(xb) if self.nhwc_inputs else xb), yb)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.clip is not None:

@@ -291,14 +291,15 @@ def _resolve_eval(c: dict, algo: Algorithm, steps: int, eval_samples: int, full_
         e["before_merge"] = bool(algo.uses_merge and algo.communicates)
     if e["every"] is None:
         n = 1 if isinstance(algo, Centralized) else c["agents"]
-        per_agent = 2 if e["before_merge"] and algo.communicates else 1
+        per_agent = 2 if e["before_merge"] and algo.communicates else 1  # before and after the merge
         during = EVAL_COST * eval_samples * (min(n, e["agents"] or n) * per_agent + 1)  # + the average model
-        models_last = n * per_agent + 1  # the last round: every agent (before and after its merge), the average
+        models_last = n + 1  # the last round on the full test set: every agent after its merge, the average
         if c["final_merge"]["enabled"]:
             models_last += 1  # the global merge
             if c["final_merge"]["rounds"]:
                 models_last += n + 1  # the post-merge rounds' agents and their average
-        last = EVAL_COST * full_samples * models_last
+        # ... and every agent before its merge, on the subsample
+        last = EVAL_COST * (full_samples * models_last + eval_samples * n * (per_agent - 1))
         rounds = c["rounds"]
         trained = c["agents"] * steps * c["batch_size"] * rounds + pretrain_samples
         budget = EVAL_SHARE / (1 - EVAL_SHARE) * trained - last

@@ -255,10 +255,12 @@ class Driver:
             measured["consensus"] = rec["consensus_before_merge"] = _consensus(backend, n)[0]
         if "drift" in self.schedule.needs:
             measured["drift"] = _merge_dicts(backend.run(ops.drift))
-        if due and self.c["eval"]["before_merge"]:  # the agents evaluated after the merge, on the same samples
+        if due and self.c["eval"]["before_merge"]:  # the agents evaluated after the merge, on the subsample
+            # (in the last round too: the final figures are the after-merge ones, on the full test set)
             ids = None if full else self.evaluated_agents(advance=False)
-            acc = _agent_acc(backend, self.full_counts if full else self.test_counts, ids, full)
+            acc = _agent_acc(backend, self.test_counts, ids)
             rec["acc_before_merge"] = float(np.mean(acc))
+            rec["eval_samples_before_merge"] = int(self.test_counts.sum())
         self.eval_s[full] += time.perf_counter() - t0
         plan = self.schedule.plan(progress, W, measured)
         rows = self.schedule.mix(W, plan)
@@ -342,16 +344,20 @@ class Driver:
         return r
 
 
-def _agent_acc(backend, test_counts: np.ndarray, ids: list[int] | None = None, full: bool = False) -> list[float]:
-    correct = _merge_dicts(backend.run(ops.evaluate, full, ids))
+def _agent_acc(backend, test_counts: np.ndarray, ids: list[int] | None = None) -> list[float]:
+    """The agents' `ids` (None: all) accuracies on the run's evaluation subsample."""
+    correct = _merge_dicts(backend.run(ops.evaluate, False, ids))
     return [accuracy(correct[i], test_counts) for i in sorted(correct)]
 
 
 def _consensus(backend, n: int) -> tuple[float, np.ndarray]:
-    """Mean ‖x_i − x̄‖² over agents (parameters only), computed in two passes in float64; and x̄."""
-    mean = np.sum(backend.run(ops.state_sum), axis=0) / n
-    dists = _merge_dicts(backend.run(ops.sq_distance, mean))
-    return float(np.mean(list(dists.values()))), mean
+    """Mean ‖x_i − x̄‖² over agents (parameters only), and x̄, in float64: the hosts' moments pooled exactly
+    in one call (each host's scatter about its own mean, plus its count times its mean's distance to x̄)."""
+    counts, params, sums, scatters = zip(*backend.run(ops.moments))
+    mean = np.sum(sums, axis=0) / n
+    p = params[0]
+    between = sum(k * float(np.sum((s[:p] / k - mean[:p]) ** 2)) for k, s in zip(counts, sums))
+    return (float(np.sum(scatters)) + between) / n, mean
 
 
 def _measure(backend, n: int, test_counts: np.ndarray, own: np.ndarray, batch_size: int, *, full: bool = False,

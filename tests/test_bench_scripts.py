@@ -39,6 +39,21 @@ def test_the_floor_replays_the_runs_plan_and_evaluations():
     assert (len(w.evals[2][1]), w.evals[2][2]) == (96, 4)  # the last round: the full test set, every agent
     assert w.steps == int(np.ceil(np.mean([len(p) for p in w.parts]) / 16))  # one local epoch of the mean shard
     assert sorted(np.concatenate(w.parts).tolist()) == list(range(len(w.y_train)))
+    assert w.before == [None, None, None]  # eval.before_merge=false
+    merged = _common.work_of([*TINY, "rounds=3", "eval.every=2", "eval.agents=2", "eval.before_merge=true"])
+    # before each evaluated round's merge: the subsample, the agents due; in the last round too, every agent
+    assert [None if b is None else (len(b[1]), b[2]) for b in merged.before] == [None, (48, 2), (48, 4)]
+
+
+def test_the_floors_vmap_and_loop_predict_the_same():
+    w = _common.work_of([*TINY, "agents=20", "model=mlp", "rounds=1"])  # 20 agents: a full block and a partial one
+    k_vmap, k_loop = _common.Kernels(w, "vmap"), _common.Kernels(w, "loop")
+    rows = torch.randn_like(k_vmap.stack.X) * 0.3  # agents that differ
+    k_vmap.stack.X.copy_(rows)
+    k_loop.stack.X.copy_(rows)
+    got = k_vmap.correct(w.x_train, w.y_train, 20)
+    assert got.tolist() == k_loop.correct(w.x_train, w.y_train, 20).tolist()
+    assert len(set(got.tolist())) > 1
 
 
 def test_the_floor_of_a_server_round_is_the_shard_weighted_mean():

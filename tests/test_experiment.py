@@ -134,6 +134,15 @@ def test_final_figures_are_on_the_full_test_set_whatever_eval_says(tiny, tmp_pat
     assert light.summary["eval_s"] > 0 and light.summary["final_eval_s"] > 0
 
 
+def test_the_before_merge_figures_are_on_the_subsample_in_the_last_round_too(tiny):
+    res = run(tiny("algorithm=dimat", "backend=inprocess", "data.n_test=3000", "eval.max_samples=100",
+                   "eval.before_merge=true", "rounds=2"))
+    first, last = res.records
+    assert first["eval_samples"] == first["eval_samples_before_merge"] == 100
+    assert last["eval_samples"] == 3000 and last["eval_samples_before_merge"] == 100  # the final figures: all
+    assert 0 <= last["acc_before_merge"] <= 1
+
+
 @pytest.mark.parametrize("algorithm, before", [("dsgd", False), ("dimat", True), ("local", False)])
 @pytest.mark.parametrize("n_train, rounds", [(4000, 12), (20000, 12), (800, 6)])
 def test_by_default_evaluation_takes_at_most_a_fifth_of_the_run(tiny, algorithm, before, n_train, rounds):
@@ -150,7 +159,9 @@ def test_by_default_evaluation_takes_at_most_a_fifth_of_the_run(tiny, algorithm,
     c, e = s.cfg, s.cfg["eval"]
     assert e["before_merge"] is before
     models = 8 * (2 if before else 1) + 1  # the agents (before and after a merge) and the average model
-    last = EVAL_COST * 2000 * (models + (1 if c["final_merge"]["enabled"] else 0))
+    # the last round: the agents after the merge, the average and the global merge on the full test set, the
+    # agents before the merge on the subsample
+    last = EVAL_COST * (2000 * (8 + 1 + (1 if c["final_merge"]["enabled"] else 0)) + (500 * 8 if before else 0))
     trained = 8 * s.steps_per_round * c["batch_size"] * rounds + 8 * s.pretrain_steps * c["batch_size"]
 
     def share(every: int) -> float:

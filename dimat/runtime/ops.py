@@ -121,19 +121,23 @@ def drift(host) -> dict[int, float]:
     return out
 
 
-def state_sum(host) -> np.ndarray:
-    """Sum of the hosted agents' flat states, in float64."""
-    return np.sum([a.state().astype(np.float64) for a in host.agents.values()], axis=0)
-
-
-def sq_distance(host, mean: np.ndarray, params_only: bool = True) -> dict[int, float]:
-    """‖x_i − x̄‖² per hosted agent (over the parameters by default)."""
-    out = {}
-    for i, a in host.agents.items():
-        n = a.layout.n_params if params_only else a.layout.size
-        diff = a.state()[:n].astype(np.float64) - mean[:n]
-        out[i] = float(diff @ diff)
-    return out
+def moments(host) -> tuple[int, int, np.ndarray, float]:
+    """The hosted agents' count, their parameter count (the flat states' prefix), the float64 sum of their
+    flat states, and their scatter about their own mean over the parameters, Σ‖x_i − m‖². The driver pools
+    every host's moments into the average model and the consensus distance in one call
+    (`dimat.experiment._consensus`); each state is read twice, here."""
+    vecs = [a.vec.detach() for a in host.agents.values()]
+    n = host.layout().n_params
+    total = torch.zeros(vecs[0].shape, dtype=torch.float64, device=vecs[0].device)
+    for v in vecs:
+        total += v
+    scatter = 0.0
+    if len(vecs) > 1:
+        mean = total[:n] / len(vecs)
+        for v in vecs:
+            d = v[:n].double() - mean
+            scatter += float(d @ d)
+    return len(vecs), n, total.cpu().numpy(), scatter
 
 
 def states(host) -> dict[int, np.ndarray]:

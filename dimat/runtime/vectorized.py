@@ -25,6 +25,8 @@ from dimat.agent import Agent, clip_
 from dimat.flat import FlatLayout, bind
 from dimat.optim import make_optimizer
 
+AGENTS_PER_PASS = 16  # agents predicted together (their weights stay in cache through a block's batches)
+
 
 def check_vectorizable(layout: FlatLayout, optimizer: str) -> None:
     """Refuse what one batched step over stacked agents cannot do (checked again before a run starts)."""
@@ -97,15 +99,24 @@ class AgentGroup:
 
     @torch.no_grad()
     def predict(self, x, batch_size: int) -> np.ndarray:
-        """Every agent's predicted labels of `x` in one batched pass: [agents, samples]."""
+        """Every agent's predicted labels of `x`: [agents, samples].
+
+        A batched pass over blocks of `AGENTS_PER_PASS` agents, each block through all the samples, so every
+        weight is read once per batch rather than once per batch for all agents at once (2.4x faster for 256
+        mlp agents, 1.35x faster than one agent at a time: `bench/scale.py`'s floor). Convolutional models
+        are predicted one agent at a time, channels-last: vmap makes their convolutions grouped ones, several
+        times slower on CPU."""
+        if self.agents[0].nhwc_inputs:
+            return np.stack([a.predict(x, batch_size) for a in self.agents])
         self.model.eval()
         if self._forward is None:
             self._forward = vmap(lambda params, xb: functional_call(self.model, params, (xb,)), in_dims=(0, None))
-        params = dict(zip(self.names, self.stacked))
-        step = max(1, 16 * batch_size // len(self.agents))  # samples per chunk, for all agents at once
-        out = [self._forward(params, torch.as_tensor(x[s : s + step]).to(self.X.device)).argmax(-1).cpu()
-               for s in range(0, len(x), step)]
-        return torch.cat(out, dim=1).numpy()
+        xs = [torch.as_tensor(x[s : s + batch_size]).to(self.X.device) for s in range(0, len(x), batch_size)]
+        blocks = []
+        for lo in range(0, len(self.agents), AGENTS_PER_PASS):
+            params = {k: p[lo : lo + AGENTS_PER_PASS] for k, p in zip(self.names, self.stacked)}
+            blocks.append(torch.cat([self._forward(params, xb).argmax(-1).cpu() for xb in xs], dim=1))
+        return torch.cat(blocks).numpy()
 
     # -- one agent's optimizer state (its rows of the stacked state) -------------
     def momentum(self, k: int) -> torch.Tensor:

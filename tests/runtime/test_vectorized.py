@@ -39,3 +39,42 @@ def test_vectorized_conv_model_with_layernorm(tiny, tmp_path):
 def test_vectorized_refuses_what_it_cannot_batch(tiny, bad, message):
     with pytest.raises(ConfigError, match=message):
         run(tiny("backend=inprocess", "backend.vectorize=true", *bad))
+
+
+def _agents(n: int, model, seed: int = 0):
+    from dimat.agent import Agent
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((300, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 4, 300)
+    opt = dict(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
+    return x, [Agent(i, model(), x, y, np.arange(i, 300, n), batch_size=8, optimizer=opt, seed=i) for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 16, 21])  # one block, exactly one full block, a full block and a partial one
+def test_the_groups_batched_prediction_is_each_agents_own(n):
+    import torch
+
+    from dimat.models import mlp
+    from dimat.runtime.vectorized import AgentGroup
+
+    torch.manual_seed(0)
+    x, agents = _agents(n, lambda: mlp((1, 8, 8), 4, hidden=(16,)))
+    own = np.stack([a.predict(x, 64) for a in agents])
+    group = AgentGroup(agents)
+    got = group.predict(x, 64)
+    assert got.shape == (n, len(x))
+    np.testing.assert_array_equal(got, own)
+    assert len({tuple(row) for row in own}) > 1 or n == 1  # the agents differ: rows are not mixed up unseen
+
+
+def test_the_groups_prediction_of_a_conv_model_is_each_agents_own_channels_last():
+    import torch
+
+    from dimat.models import cnn
+    from dimat.runtime.vectorized import AgentGroup
+
+    torch.manual_seed(0)
+    x, agents = _agents(3, lambda: cnn((1, 8, 8), 4, norm="ln"))
+    own = np.stack([a.predict(x, 64) for a in agents])
+    np.testing.assert_array_equal(AgentGroup(agents).predict(x, 64), own)
