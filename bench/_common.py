@@ -8,7 +8,6 @@ rows — so a bench can print dimat's time as a ratio to it.
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import os
 import sys
@@ -209,9 +208,14 @@ class Batches:
 
 
 def inference_model(m: torch.nn.Module, conv: bool) -> torch.nn.Module:
-    """The model in eval mode; a convolutional one as a channels-last copy (the faster inference on CPU)."""
+    """The model in eval mode; a convolutional one as a channels-last copy with its BatchNorms folded into the
+    convolutions (torch.fx's fuse): the faster inference on CPU."""
     m.eval()
-    return copy.deepcopy(m).to(memory_format=torch.channels_last) if conv else m
+    if not conv:
+        return m
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(m).to(memory_format=torch.channels_last)
 
 
 class Kernels:

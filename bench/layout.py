@@ -1,14 +1,17 @@
-"""Channels-last on CPU: dimat's inference and training steps against the default layout, side by side.
+"""Inference and training layouts on CPU: dimat's inference and training steps against the plain ones, side by side.
 
     .venv/bin/python bench/layout.py [--images 4000] [--steps 30] [--threads 2]
 
 For each model (the CNN on Fashion-MNIST-shaped inputs, VGG-11 and ResNet-20 on
-CIFAR-shaped ones, an MLP), the time to predict `--images` random inputs:
-batches of 2048 in the model's own layout (dimat's default before 2026-12-02),
-batches of 256, and batches of 256 through `dimat.agent.predict` (channels-last
-copies of the convolution weights, channels-last inputs). Ratios are to the
-first column. All three give the same predictions up to float rounding: the
-script counts how many of them differ.
+CIFAR-shaped ones, an MLP; BatchNorm statistics from a pass over random inputs),
+the time to predict `--images` random inputs: batches of 2048 in the model's own
+layout (dimat's default before 2026-12-02), batches of 256, batches of 256 with
+channels-last copies of the convolution weights and channels-last inputs
+(dimat's inference from 2026-12-02), and batches of 256 through
+`dimat.agent.predict` (since 2026-12-06 also BatchNorm folded into the
+convolutions of a copy, ReLUs in place: `dimat.agent.inference_model`). Ratios
+are to the first column. All give the same predictions up to float rounding:
+the script counts how many of them differ from the first.
 
 Training: `--steps` SGD steps (batch 32, momentum 0.9) of the same model on
 default-layout inputs and on channels-last inputs (`dimat.agent.nhwc`, what an
@@ -28,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dimat.agent import nhwc, predict  # noqa: E402
+from dimat.agent import channels_last, nhwc, predict  # noqa: E402
 from dimat.models import CONFIGS  # noqa: E402
 from dimat.models.cnn import CNN  # noqa: E402
 from dimat.models.mlp import MLP  # noqa: E402
@@ -41,6 +44,15 @@ def plain(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
     model.eval()
     xt = torch.from_numpy(x)
     return torch.cat([model(xt[s : s + batch_size]).argmax(1) for s in range(0, len(x), batch_size)]).numpy()
+
+
+@torch.no_grad()
+def channels_last_only(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
+    model.eval()
+    xt = torch.from_numpy(x)
+    with channels_last(model) as fast:
+        return torch.cat([model(nhwc(xt[s : s + batch_size]) if fast else xt[s : s + batch_size]).argmax(1)
+                          for s in range(0, len(x), batch_size)]).numpy()
 
 
 def best_of(fn, reps: int = 3) -> tuple[float, np.ndarray]:
@@ -83,14 +95,20 @@ def main() -> None:
         "mlp 784-256-256": (MLP(784, 10, [256, 256]), (784,)),
     }
     print(f"bench/layout.py · {a.images} images · {a.threads} threads · best of 3")
-    print(f"{'model':>18} {'2048 plain s':>13} {'256 plain s':>12} {'256 predict s':>14} {'speed-up':>9} {'differ':>7}")
+    print(f"{'model':>18} {'2048 plain s':>13} {'256 plain s':>12} {'256 ch-last s':>14} {'256 predict s':>14} "
+          f"{'speed-up':>9} {'predict / ch-last':>18} {'differ':>7}")
     for name, (model, shape) in models.items():
         x = rng.standard_normal((a.images, *shape)).astype(np.float32)
+        with torch.no_grad():  # BatchNorm statistics that are not the identity, so folding them is measured
+            model.train()
+            model(torch.from_numpy(x[:256]) * 2 + 0.5)
         t_old, p_old = best_of(lambda: plain(model, x, 2048))
         t_256, _ = best_of(lambda: plain(model, x, 256))
+        t_cl, p_cl = best_of(lambda: channels_last_only(model, x, 256))
         t_new, p_new = best_of(lambda: predict(model, x, 256))
-        print(f"{name:>18} {t_old:13.2f} {t_256:12.2f} {t_new:14.2f} {t_old / t_new:8.2f}x "
-              f"{int((p_old != p_new).sum()):7d}")
+        differ = max(int((p_old != p_cl).sum()), int((p_old != p_new).sum()))
+        print(f"{name:>18} {t_old:13.2f} {t_256:12.2f} {t_cl:14.2f} {t_new:14.2f} {t_old / t_new:8.2f}x "
+              f"{t_cl / t_new:17.2f}x {differ:7d}")
     print(f"training: {a.steps} steps of batch 32")
     print(f"{'model':>18} {'default s':>10} {'channels-last input s':>22} {'speed-up':>9}")
     for name, (model, shape) in models.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 
 import numpy as np
 import torch
@@ -266,14 +267,57 @@ def nhwc(t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
-    """Predicted labels of `x` in eval mode."""
+    """Predicted labels of `x` in eval mode (on CPU through `inference_model`, channels-last)."""
     model.eval()
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64)
+    net = inference_model(model, as_tensor(x[:batch_size]).to(device))
     out = []
-    with channels_last(model) as fast:
+    with channels_last(net) as fast:
         for s in range(0, len(x), batch_size):
             xb = as_tensor(x[s : s + batch_size]).to(device)
-            out.append(model(nhwc(xb) if fast else xb).argmax(1).cpu())
+            out.append(net(nhwc(xb) if fast else xb).argmax(1).cpu())
     return torch.cat(out).numpy()
+
+
+# model -> whether its folded copy computes its outputs (checked once per model, on its first predictions)
+_FOLDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def inference_model(model: nn.Module, probe: torch.Tensor) -> nn.Module:
+    """What predicts for `model` (in eval mode) on CPU: a copy with every BatchNorm that follows a convolution
+    or linear layer folded into its weights, and ReLUs in place where nothing else reads their input
+    (torch.fx: 1.1-1.8x faster inference for the cnn, VGG and ResNet-20, `bench/layout.py`); `model` itself
+    where there is nothing to fold, on a GPU, or where fx cannot trace it. A copy is used only once it has
+    given `model`'s outputs on `probe` (checked once per model): a user's model fx mis-traces is run as is."""
+    if (probe.device.type != "cpu" or _FOLDS.get(model) is False
+            or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())):
+        return model
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        net = fuse(model)  # a copy: the model's own weights are views of its agent's flat state
+        _relu_in_place(net)
+        if model not in _FOLDS:
+            ref = model(probe)
+            _FOLDS[model] = bool(torch.allclose(net(probe), ref, rtol=1e-3, atol=1e-4 * (1 + float(ref.abs().max()))))
+    except Exception:  # noqa: BLE001 - any failure to trace or run the copy: predict with the model itself
+        _FOLDS[model] = False
+    return net if _FOLDS[model] else model
+
+
+def _relu_in_place(gm: torch.fx.GraphModule) -> None:
+    """ReLU modules of a traced model compute in place where every input they get has no other reader."""
+    sites: dict[str, list[bool]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.ReLU):
+            arg = node.args[0]
+            sites.setdefault(node.target, []).append(
+                isinstance(arg, torch.fx.Node) and arg.op != "placeholder" and len(arg.users) == 1)
+    for name, alone in sites.items():
+        if all(alone):
+            gm.get_submodule(name).inplace = True
 
 
 def correct_by_class(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
@@ -281,4 +325,4 @@ def correct_by_class(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.nd
     return np.bincount(y[pred == y], minlength=num_classes)
 
 
-__all__ = ["Agent", "FlatLayout", "OPTIMIZERS", "Optimizer", "channels_last", "correct_by_class", "make_optimizer", "nhwc", "predict"]
+__all__ = ["Agent", "FlatLayout", "OPTIMIZERS", "Optimizer", "channels_last", "correct_by_class", "inference_model", "make_optimizer", "nhwc", "predict"]

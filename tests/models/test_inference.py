@@ -130,3 +130,77 @@ def test_the_layout_bench_runs_and_finds_the_same_predictions():
     rows = [line.split() for line in lines[2:6]]
     assert len(rows) == 4 and all(r[-1] == "0" for r in rows), out.stdout
     assert len(lines) == 6 + 2 + 3, out.stdout  # three convolutional models trained both ways
+
+
+class _Branchy(torch.nn.Module):
+    """conv → BN, a ReLU whose input is read again, and data-dependent control flow when asked."""
+
+    def __init__(self, branch: bool = False, noise: bool = False):
+        super().__init__()
+        self.conv, self.bn, self.relu = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()
+        self.fc = torch.nn.Linear(4, 3)
+        self.branch, self.noise = branch, noise
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        y = self.relu(y) + y  # the ReLU's input has a second reader: it must not be overwritten
+        if self.branch and y.sum() > 0:  # fx cannot trace a branch on a tensor's value
+            y = -y
+        if self.noise:  # a copy that fx traces but that does not compute the model's outputs
+            y = y + torch.rand(()) * 100
+        return self.fc(y.mean((2, 3)))
+
+
+def _with_statistics(model):
+    with torch.no_grad():
+        model.train()
+        model(torch.randn(64, *((1, 8, 8) if isinstance(model, _Branchy) else (3, 16, 16))) * 3 + 1)
+    return model.eval()
+
+
+def test_batchnorm_is_folded_into_a_copy_for_inference_and_the_model_keeps_its_own():
+    from dimat.agent import inference_model
+
+    torch.manual_seed(0)
+    model = _with_statistics(build_model("resnet20", (3, 16, 16), 10, width=1))
+    vec, _ = flatten_module(model)
+    x = np.random.default_rng(0).standard_normal((200, 3, 16, 16)).astype(np.float32)
+    net = inference_model(model, torch.from_numpy(x[:64]))
+    assert net is not model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # every BN folded
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    np.testing.assert_array_equal(predict(model, x, 64), plain_predict(model, x))
+    # the copy is made at every prediction: the model's current weights, never stale ones
+    vec.mul_(-1)
+    np.testing.assert_array_equal(predict(model, x, 64), plain_predict(model, x))
+
+
+def test_relu_stays_out_of_place_where_its_input_is_read_again():
+    from dimat.agent import inference_model
+
+    torch.manual_seed(0)
+    model = _with_statistics(_Branchy())
+    x = np.random.default_rng(1).standard_normal((50, 1, 8, 8)).astype(np.float32)
+    net = inference_model(model, torch.from_numpy(x))
+    assert net is not model and not net.get_submodule("relu").inplace
+    with torch.no_grad():
+        torch.testing.assert_close(net(torch.from_numpy(x)), model(torch.from_numpy(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_cnn_relus_run_in_place_in_the_inference_copy():
+    from dimat.agent import inference_model
+
+    model = _with_statistics(build_model("cnn", (3, 16, 16), 10, width=1))
+    net = inference_model(model, torch.randn(8, 3, 16, 16))
+    assert net.get_submodule("relu").inplace and not model.relu.inplace
+
+
+def test_a_model_fx_cannot_trace_or_copy_faithfully_predicts_as_it_is():
+    from dimat.agent import inference_model
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(2).standard_normal((40, 1, 8, 8)).astype(np.float32)
+    for model in (_with_statistics(_Branchy(branch=True)), _with_statistics(_Branchy(noise=True))):
+        assert inference_model(model, torch.from_numpy(x)) is model
+        assert inference_model(model, torch.from_numpy(x)) is model  # the verdict is kept
+        assert predict(model, x, 16).shape == (40,)
