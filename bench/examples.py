@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for r in rows:
         s, share = r["summary"], eval_share(r["summary"])
         fmt = (lambda k: "—" if s.get(k) is None else f"{s[k]:.2f}")
-        pct = (lambda k: "—" if s.get(k) is None else f"{s[k]:.1f}%")
+        pct = (lambda k: "—" if s.get(k) is None else f"{100 * s[k]:.1f}%")
         table.add_row(" ".join(r["args"]) or "(defaults)", f"{r['whole_s']:.1f}" + ("" if r["rc"] == 0 else
                       f" (exit {r['rc']}: {' '.join(r['error'])})"), fmt("startup_s"), fmt("wall_s"),
                       fmt("eval_s"), fmt("final_eval_s"), "—" if share is None else f"{100 * share:.0f}%",
