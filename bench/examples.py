@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.json:
         print(json.dumps([{k: r[k] for k in ("name", "rc", "whole_s")} | {"eval_share": eval_share(r["summary"]),
                           **{k: r["summary"].get(k) for k in ("startup_s", "wall_s", "eval_s", "final_eval_s",
-                                                              "final_acc_mean")}} for r in rows]))
+                                                              "final_acc_mean", "final_acc_global_merge")}}
+                          for r in rows]))
     return rows
 
 

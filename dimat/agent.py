@@ -271,7 +271,7 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256, device: str 
     model.eval()
     if len(x) == 0:
         return np.zeros(0, dtype=np.int64)
-    net = inference_model(model, as_tensor(x[:batch_size]).to(device))
+    net = inference_model(model, as_tensor(x[: min(batch_size, 32)]).to(device))
     out = []
     with channels_last(net) as fast:
         for s in range(0, len(x), batch_size):
@@ -288,7 +288,7 @@ _FOLDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def inference_model(model: nn.Module, probe: torch.Tensor) -> nn.Module:
     """What predicts for `model` (in eval mode) on CPU: a copy with every BatchNorm that follows a convolution
     or linear layer folded into its weights, and ReLUs in place where nothing else reads their input
-    (torch.fx: 1.1-1.8x faster inference for the cnn, VGG and ResNet-20, `bench/layout.py`); `model` itself
+    (torch.fx: 1.1-1.5x faster inference for the cnn, VGG-11 and ResNet-20, `bench/layout.py`); `model` itself
     where there is nothing to fold, on a GPU, or where fx cannot trace it. A copy is used only once it has
     given `model`'s outputs on `probe` (checked once per model): a user's model fx mis-traces is run as is."""
     if (probe.device.type != "cpu" or _FOLDS.get(model) is False
