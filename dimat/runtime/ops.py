@@ -67,7 +67,7 @@ def test_set(host, full: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(host, full: bool = False, ids: list[int] | None = None) -> dict[int, np.ndarray]:
     """Correct predictions per class of the hosted agents `ids` (None: all), on the subsample or the full set.
-    A vectorized host predicts for all its agents in one batched pass."""
+    A vectorized host predicts for its agents in batched blocks (`AgentGroup.predict`)."""
     x, y = test_set(host, full)
     ids = [i for i in host.agents if ids is None or i in ids]
     classes, bs = host.dataset.num_classes, host.spec.eval_batch_size
