@@ -8,6 +8,7 @@ rows — so a bench can print dimat's time as a ratio to it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 import sys
@@ -208,11 +209,13 @@ class Batches:
 
 
 def inference_model(m: torch.nn.Module, conv: bool) -> torch.nn.Module:
-    """The model in eval mode; a convolutional one as a channels-last copy with its BatchNorms folded into the
-    convolutions (torch.fx's fuse): the faster inference on CPU."""
+    """The model in eval mode; a convolutional one as a channels-last copy, with its BatchNorms folded into the
+    convolutions where it has any (torch.fx's fuse): the faster inference on CPU."""
     m.eval()
     if not conv:
         return m
+    if not any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in m.modules()):
+        return copy.deepcopy(m).to(memory_format=torch.channels_last)  # nothing to fold: no trace to pay for
     from torch.fx.experimental.optimization import fuse
 
     return fuse(m).to(memory_format=torch.channels_last)
