@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import dimat  # noqa: E402
 import topologies  # noqa: E402
 from dimat import run  # noqa: E402
-from dimat.agent import nhwc  # noqa: E402 - the same layout the agents use
+from dimat.layout import nhwc  # noqa: E402 - the same layout the agents use
 from dimat.runtime.vectorized import AGENTS_PER_PASS  # noqa: E402 - the same blocks a vectorized host predicts in
 
 RAY_ONLY = ("backend.address", "backend.agents_per_actor", "backend.num_cpus",

@@ -14,7 +14,7 @@ are to the first column. All give the same predictions up to float rounding:
 the script counts how many of them differ from the first.
 
 Training: `--steps` SGD steps (batch 32, momentum 0.9) of the same model on
-default-layout inputs and on channels-last inputs (`dimat.agent.nhwc`, what an
+default-layout inputs and on channels-last inputs (`dimat.layout.nhwc`, what an
 agent feeds a convolutional model; the weights stay in their default layout,
 as views of the agent's flat state).
 """
@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dimat.agent import channels_last, nhwc, predict  # noqa: E402
+from dimat.agent import predict  # noqa: E402
+from dimat.layout import channels_last, nhwc  # noqa: E402
 from dimat.models import CONFIGS  # noqa: E402
 from dimat.models.cnn import CNN  # noqa: E402
 from dimat.models.mlp import MLP  # noqa: E402
@@ -50,7 +51,7 @@ def plain(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
 def channels_last_only(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
     model.eval()
     xt = torch.from_numpy(x)
-    with channels_last(model) as fast:
+    with channels_last(model, xt[:4]) as fast:
         return torch.cat([model(nhwc(xt[s : s + batch_size]) if fast else xt[s : s + batch_size]).argmax(1)
                           for s in range(0, len(x), batch_size)]).numpy()
 

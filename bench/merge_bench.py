@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dimat.agent import channels_last, nhwc
+from dimat.layout import channels_last, nhwc
 from dimat.merge import PermutationSpec, activation_matching, weight_matching
 from dimat.models import build_model
 
@@ -61,7 +61,7 @@ def bench_pair(name: str, width: int, data: torch.Tensor, repeats: int) -> list[
                               max(2, repeats))
 
     def forward_both() -> None:  # in the faster layout for convolutions on CPU, as activation matching runs them
-        with torch.no_grad(), channels_last(a_model), channels_last(b_model):
+        with torch.no_grad(), channels_last(a_model, data[:4]), channels_last(b_model, data[:4]):
             x = nhwc(data)
             for s in range(0, len(x), 256):
                 a_model(x[s : s + 256]), b_model(x[s : s + 256])

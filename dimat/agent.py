@@ -6,7 +6,6 @@ evaluates, and hands out or takes in its state as a flat float32 vector.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import weakref
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dimat.flat import FlatLayout, as_tensor, flatten_module, to_numpy
+from dimat.layout import channels_last, channels_last_ok, has_convolutions, nhwc
 from dimat.optim import OPTIMIZERS, Optimizer, make_optimizer
 
 
@@ -64,7 +64,9 @@ class Agent:
         self.group = None
         # convolutions train faster on CPU on channels-last inputs (their output, and what follows, then takes
         # that layout; the weights stay views of the flat vector): 1.15-1.4x for the cnn, vgg and resnet
-        self.nhwc_inputs = self.device == "cpu" and any(p.dim() == 4 for p in self.params)
+        # (checked once per architecture: a model that flattens with `x.view(...)` trains in the default layout)
+        self.conv = has_convolutions(self.model)
+        self.nhwc_inputs = self.conv and channels_last_ok(self.model, as_tensor(x[:4]).to(device))
 
     @property
     def opt(self) -> Optimizer:
@@ -239,32 +241,6 @@ def clip_(grads: list[torch.Tensor], value: float) -> None:
         torch._foreach_clamp_max_(grads, value)
 
 
-@contextlib.contextmanager
-def channels_last(model: nn.Module):
-    """Within it, the model's 4-D weights (convolutions) are channels-last copies, and it yields whether there
-    are any (then inputs should be channels-last too). An agent's parameters are views of its flat state
-    vector, so they cannot be converted for good; for inference the copies pay: convolutions run 1.3-1.7x
-    faster on CPU (`bench/layout.py`). On a GPU the model is left as it is."""
-    swapped = [(p, p.data) for p in model.parameters() if p.dim() == 4 and p.device.type == "cpu"]
-    try:
-        for p, data in swapped:
-            p.data = nhwc(data)
-        yield bool(swapped)
-    finally:
-        for p, data in swapped:
-            p.data = data
-
-
-def nhwc(t: torch.Tensor) -> torch.Tensor:
-    """A 4-D tensor in channels-last strides, spelled out even where a size-1 dimension would let
-    `.contiguous(memory_format=...)` keep the default ones (a 1-channel input or weight: convolutions then
-    pick their layout from those strides, and a default-strided weight keeps the whole network in the slower
-    one); other tensors as they are."""
-    if t.dim() != 4:
-        return t
-    return torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
     """Predicted labels of `x` in eval mode (on CPU through `inference_model`, channels-last)."""
@@ -273,7 +249,7 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256, device: str 
         return np.zeros(0, dtype=np.int64)
     net = inference_model(model, as_tensor(x[: min(batch_size, 32)]).to(device))
     out = []
-    with channels_last(net) as fast:
+    with channels_last(net, as_tensor(x[: min(batch_size, 4)]).to(device)) as fast:
         for s in range(0, len(x), batch_size):
             xb = as_tensor(x[s : s + batch_size]).to(device)
             out.append(net(nhwc(xb) if fast else xb).argmax(1).cpu())

@@ -160,6 +160,7 @@ class Setup:
     post_topology: Any = None  # the topology of post-merge gossip rounds (final_merge.rounds > 0)
     init_states: list | None = None  # init_from: (flat vector, integer buffers) per agent
     started: float = 0.0  # time.perf_counter() when setup began (start-up = data, checks, hosts)
+    notes: tuple[str, ...] = ()  # warnings for the start of the run (e.g. a model alignment cannot cover)
 
 
 def epochs_to_steps(epochs: float, parts: list[np.ndarray], batch_size: int) -> int:
@@ -416,6 +417,12 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None =
     if c["init_from"] is not None:  # every file read and checked against this model before anything starts
         init_states = call("init_from", checkpoint.initial_states, c["init_from"], n, agent.model)
     perm_spec = getattr(algo, "spec", None) if algo.uses_merge else None
+    notes = []
+    if perm_spec is not None:
+        from dimat.merge.spec import alignment_report
+
+        note = alignment_report(agent.model, perm_spec, c["merge"]["method"])
+        notes += [note] if note else []
 
     b = c["backend"]
     if b.get("vectorize"):
@@ -455,5 +462,5 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None =
         schedule=schedule, steps_per_round=steps, pretrain_steps=pretrain,
         centralized=isinstance(algo, Centralized),
         state_bytes=state_bytes, model_bytes=4 * layout.size, perm_spec=perm_spec, labels=labels,
-        post_topology=post_topology, init_states=init_states, started=started,
+        post_topology=post_topology, init_states=init_states, started=started, notes=tuple(notes),
     )

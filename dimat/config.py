@@ -142,6 +142,24 @@ class ConvConf(ModelConf):
 
 
 @dataclass
+class VitConf(ModelConf):
+    _target_: str = "dimat.models.vit"
+    patch: int | None = None  # patch side in pixels (null: the smallest dividing the image into at most 16)
+    dim: int = 64  # features per token (the residual stream)
+    depth: int = 2  # transformer blocks
+    heads: int = 4  # attention heads (must divide dim)
+    mlp_ratio: float = 2.0  # MLP hidden units per feature
+
+
+@dataclass
+class MobilenetConf(ModelConf):
+    _target_: str = "dimat.models.mobilenet"
+    width: int = 1
+    expand: int = 4  # inverted residuals' expansion ratio
+    norm: str = "bn"  # bn | gn | ln (GroupNorm, one group) | none
+
+
+@dataclass
 class CnnConf(ConvConf):
     _target_: str = "dimat.models.cnn"
 
@@ -520,7 +538,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"digits": DigitsConf, "fashion_mnist": FashionMnistConf, "mnist": MnistConf, "cifar10": Cifar10Conf,
              "cifar100": Cifar100Conf, "synthetic": SyntheticConf},
     "partition": {"iid": IidConf, "classes": ClassesConf, "dirichlet": DirichletConf, "shards": ShardsConf},
-    "model": {"mlp": MlpConf, "cnn": CnnConf, "vgg11": Vgg11Conf, "vgg16": Vgg16Conf, "resnet20": ResNet20Conf},
+    "model": {"mlp": MlpConf, "cnn": CnnConf, "vgg11": Vgg11Conf, "vgg16": Vgg16Conf, "resnet20": ResNet20Conf,
+              "vit": VitConf, "mobilenet": MobilenetConf},
     "topology": {"ring": RingConf, "full": FullConf, "star": StarConf, "bipartite": BipartiteConf,
                  "exponential": ExponentialConf, "torus": TorusConf, "erdos_renyi": ErdosRenyiConf,
                  "small_world": SmallWorldConf, "edgelist": EdgelistConf,

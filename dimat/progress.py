@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -33,7 +34,13 @@ class Display:
         if self.enabled:
             self.console.print(*args, soft_wrap=True)
 
+    def warn(self, message: str) -> None:
+        """A warning the user must see: printed whether or not the progress display is on."""
+        self.console.print(f"[yellow]warning: {escape(message)}[/]", soft_wrap=True)
+
     def start_info(self, s) -> None:
+        for note in getattr(s, "notes", ()):
+            self.warn(note)
         c, lab = s.cfg, s.labels
         self.print(
             f"[bold]dimat[/] {lab['algorithm']} · {c['agents']} agents · {lab['data']} · {lab['model']} · "

@@ -13,7 +13,7 @@ import copy as _copy
 import torch
 from torch import nn
 
-from dimat.agent import channels_last, nhwc
+from dimat.layout import channels_last, nhwc
 from dimat.merge.activation import activation_matching, activation_matching_many
 from dimat.merge.spec import Perm, PermutationSpec, apply_permutation
 from dimat.merge.weight import weight_matching
@@ -110,11 +110,11 @@ def align_many(
     """
     if method == "activation":
         aligned, perms = align(states[0], states[1:], spec, "activation", data=data, model=model)
-        return [dict(states[0]), *aligned], [{g: torch.arange(n) for g, n in spec.sizes.items()}, *perms]
+        return [dict(states[0]), *aligned], [spec.identity(), *perms]
     if method != "weight":
         raise ValueError(f"merge.method={method} is unknown for alignment: use weight or activation")
     n = len(states)
-    perms = [{g: torch.arange(k) for g, k in spec.sizes.items()} for _ in range(n)]
+    perms = [spec.identity() for _ in range(n)]
     aligned = [apply_permutation(spec, p, s) for p, s in zip(perms, states)]
     gen = torch.Generator().manual_seed(seed)
     for _ in range(max_iters):
@@ -153,7 +153,7 @@ def reset_bn(model: nn.Module, data: torch.Tensor | None, *, batch_size: int = 2
         m.train()
     try:
         seen = 0
-        with channels_last(model) as fast:  # faster convolutions
+        with channels_last(model, data[:4]) as fast:  # faster convolutions
             for s in range(0, len(data), batch_size):
                 xb = data[s : s + batch_size]
                 for m in bns:

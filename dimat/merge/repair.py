@@ -65,8 +65,8 @@ def repair_points(model: nn.Module, spec: PermutationSpec, example: Tensor) -> l
     """Every point REPAIR corrects, in the order the forward pass reaches them (RepairError if unsupported)."""
     modules = dict(model.named_modules())
     points = {name: _norm_point(name, m) for name, m in modules.items() if isinstance(m, NORMS)}
-    for g, pairs in spec.groups.items():
-        owners = {k.rsplit(".", 1)[0] for k, ax in pairs if ax == 0 and k.endswith(".weight")}
+    for g, entries in spec.groups.items():
+        owners = {e.key.rsplit(".", 1)[0] for e in entries if e.axis == 0 and e.key.endswith(".weight") and e.plain()}
         if owners & points.keys():
             continue  # a norm layer carries this group's correction
         other_norms = sorted(o for o in owners if isinstance(modules.get(o), nn.LayerNorm))

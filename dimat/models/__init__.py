@@ -16,11 +16,13 @@ from torch import nn
 from dimat.models.cnn import CNN
 from dimat.models.layers import NORMS, ModelError, resolve_norm
 from dimat.models.mlp import MLP
+from dimat.models.mobilenet import MobileNet
 from dimat.models.resnet import ResNet20
 from dimat.models.vgg import CONFIGS, VGG
+from dimat.models.vit import ViT
 
-__all__ = ["MODELS", "NORMS", "CNN", "MLP", "VGG", "ModelError", "ResNet20", "build_model", "cnn", "mlp", "resnet20",
-           "vgg11", "vgg16"]
+__all__ = ["MODELS", "NORMS", "CNN", "MLP", "MobileNet", "VGG", "ModelError", "ResNet20", "ViT", "build_model", "cnn",
+           "mlp", "mobilenet", "resnet20", "vgg11", "vgg16", "vit"]
 
 
 def _shape(input_shape: Sequence[int], num_classes: int, width: int, *, image: str | None = None) -> tuple[int, ...]:
@@ -81,8 +83,35 @@ def resnet20(input_shape: Sequence[int], num_classes: int, width: int = 1, norm:
                     _conv_norm(norm, groups))
 
 
+def vit(input_shape: Sequence[int], num_classes: int, patch: int | None = None, dim: int = 64, depth: int = 2,
+        heads: int = 4, mlp_ratio: float = 2.0) -> ViT:
+    """A small vision transformer: `patch`×`patch` patches (None: the smallest dividing the image into at most 16,
+    e.g. 7 on 28×28, 2 on 8×8, 8 on 32×32), `depth` pre-LN blocks of `heads` heads over `dim` features, MLPs of
+    `dim` × `mlp_ratio` hidden units (defaults: ~72k parameters on 28×28 images)."""
+    shape = _shape(input_shape, num_classes, 1, image="vit")
+    if patch is None:
+        patch = next((p for p in range(1, min(shape[1:]) + 1) if shape[1] % p == 0 and shape[2] % p == 0
+                      and (shape[1] // p) * (shape[2] // p) <= 16), min(shape[1:]))
+    if patch < 1 or shape[1] % patch or shape[2] % patch:
+        raise ModelError(f"vit: patch={patch} must divide the image size {shape[1]}×{shape[2]}")
+    if heads < 1 or dim % heads:
+        raise ModelError(f"vit: heads={heads} must divide dim={dim}")
+    if depth < 1 or mlp_ratio <= 0:
+        raise ModelError(f"vit: depth={depth} must be >= 1 and mlp_ratio={mlp_ratio} > 0")
+    return ViT(shape, num_classes, patch, dim, depth, heads, mlp_ratio)
+
+
+def mobilenet(input_shape: Sequence[int], num_classes: int, width: int = 1, expand: int = 4,
+              norm: str = "bn") -> MobileNet:
+    """A small MobileNetV2 (depthwise-separable inverted residuals, ReLU6; ~29k parameters at width 1 on 28×28 images)."""
+    shape = _shape(input_shape, num_classes, width, image="mobilenet")
+    if expand < 1:
+        raise ModelError(f"mobilenet: expand={expand} must be >= 1")
+    return MobileNet(shape, num_classes, width, expand, _conv_norm(norm, None))
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": mlp, "cnn": cnn, "vgg11": vgg11, "vgg16": vgg16, "resnet20": resnet20,
+    "mlp": mlp, "cnn": cnn, "vgg11": vgg11, "vgg16": vgg16, "resnet20": resnet20, "vit": vit, "mobilenet": mobilenet,
 }
 
 

@@ -106,7 +106,7 @@ class AgentGroup:
         mlp agents, 1.35x faster than one agent at a time: `bench/scale.py`'s floor). Convolutional models
         are predicted one agent at a time, channels-last: vmap makes their convolutions grouped ones, several
         times slower on CPU."""
-        if self.agents[0].nhwc_inputs:
+        if self.agents[0].conv:
             return np.stack([a.predict(x, batch_size) for a in self.agents])
         self.model.eval()
         if self._forward is None:

@@ -46,11 +46,18 @@ def randomise_bn(model, seed=0):
 
 
 @pytest.mark.parametrize("name,kw", [("vgg11", {"groups": 4}), ("resnet20", {})])
-def test_groupnorm_with_several_groups_pins_every_normalised_channel(name, kw):
-    # a permutation may not move a channel out of its group: the derived spec keeps them all in place
-    # (every hidden layer of these two is normalised), while one group ("ln") lets them all move
-    assert model_and_spec(name, {"norm": "gn", **kw}, (3, 32, 32))[1].groups == {}
-    assert len(model_and_spec(name, {"norm": "ln"}, (3, 32, 32))[1].groups) == {"vgg11": 8, "resnet20": 12}[name]
+def test_groupnorm_with_several_groups_moves_channels_within_and_groups_as_blocks(name, kw):
+    # a permutation may not move a channel out of its GroupNorm group: every group of channels is blocked
+    # (blocks of channels/groups, moved as wholes, permuted inside); one group ("ln") lets them all move freely
+    m, gn = model_and_spec(name, {"norm": "gn", **kw}, (3, 32, 32))
+    ln = model_and_spec(name, {"norm": "ln"}, (3, 32, 32))[1]
+    assert len(gn.groups) == len(ln.groups) == {"vgg11": 8, "resnet20": 12}[name] and not ln.blocks
+    modules = dict(m.named_modules())
+    for g, entries in gn.groups.items():
+        norm = next(modules[e.key.rsplit(".", 1)[0]] for e in entries if isinstance(modules[e.key.rsplit(".", 1)[0]],
+                                                                                    nn.GroupNorm))
+        assert gn.blocks[g][1] == norm.num_channels // norm.num_groups, g
+    assert len({fam for fam, _ in gn.blocks.values()}) == len(gn.groups)  # no two groups share a block permutation
 
 
 @pytest.mark.parametrize("name,kw,shape", CASES)
@@ -62,12 +69,13 @@ def test_a_permuted_copy_computes_the_same_function(name, kw, shape):
     x = torch.randn(8, *shape)
     assert spec.groups, "no permutable groups found"
     assert torch.allclose(m(x), other(x), atol=1e-4)
-    assert not torch.equal(m.state_dict()[spec.groups["P0"][0][0]], other.state_dict()[spec.groups["P0"][0][0]])
+    key = spec.groups["P0"][0].key
+    assert not torch.equal(m.state_dict()[key], other.state_dict()[key])
 
 
 def test_batchnorm_statistics_are_permuted_but_not_the_counter():
     m, spec = model_and_spec("resnet20", {}, (3, 32, 32))
-    keys = {k for pairs in spec.groups.values() for k, _ in pairs}
+    keys = {e.key for pairs in spec.groups.values() for e in pairs}
     assert any(k.endswith("running_mean") for k in keys) and any(k.endswith("running_var") for k in keys)
     assert not any(k.endswith("num_batches_tracked") for k in keys)
 
@@ -75,7 +83,8 @@ def test_batchnorm_statistics_are_permuted_but_not_the_counter():
 def test_resnet20_has_its_12_groups():
     _, spec = model_and_spec("resnet20", {}, (3, 32, 32))
     assert len(spec.groups) == 12  # 3 residual streams + 9 inner block channels
-    residual = [g for g, pairs in spec.groups.items() if sum(k.endswith("conv1.weight") and ax == 1 for k, ax in pairs) >= 2]
+    residual = [g for g, pairs in spec.groups.items()
+                if sum(e.key.endswith("conv1.weight") and e.axis == 1 for e in pairs) >= 2]
     assert len(residual) == 3
 
 
@@ -249,12 +258,15 @@ def test_ops_that_mix_channels_pin_and_the_self_test_passes():
             h = torch.cat([self.a(x), self.b(x)], dim=1).relu()
             return self.d(self.c(h).relu())
 
-    spec = PermutationSpec.from_model(CatNet(), torch.randn(2, 8))
-    keys = {k for pairs in spec.groups.values() for k, _ in pairs}
-    assert "a.weight" not in keys and "c.weight" in keys  # cat pins its inputs; c's outputs stay free
+    spec = PermutationSpec.from_model(CatNet(), torch.randn(2, 8))  # self-tested
+    owners = {e.key: (g, e) for g, pairs in spec.groups.items() for e in pairs}
+    # cat: c reads a's units at positions 0-5 and b's at 6-11, each group permuted on its own
+    assert owners["a.weight"][0] != owners["b.weight"][0] and "c.weight" in owners
+    c_axes = sorted((e.offset, g) for g, pairs in spec.groups.items() for e in pairs if e.key == "c.weight" and e.axis == 1)
+    assert c_axes == [(0, owners["a.weight"][0]), (6, owners["b.weight"][0])]
 
 
-def test_reshape_of_a_spatial_map_pins_but_flatten_at_size_one_and_scalar_ops_pass():
+def test_a_flattened_map_moves_blockwise_and_a_sum_over_units_leaves_them_free():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -262,15 +274,17 @@ def test_reshape_of_a_spatial_map_pins_but_flatten_at_size_one_and_scalar_ops_pa
             self.conv2, self.fc2 = nn.Conv2d(3, 6, 4), nn.Linear(6, 2)
 
         def forward(self, x):
-            a = self.fc1(self.conv(x).view(x.size(0), -1))  # C×H×W into a Linear: pinned
+            a = self.fc1(self.conv(x).view(x.size(0), -1))  # C×H×W into a Linear: channel c fills 16 positions
             b = self.conv2(x) * 0.5  # spatial size 1 after a 4×4 conv: passes
             return a.sum(1, keepdim=True) + self.fc2(b.reshape(x.shape[0], -1))
 
-    spec = PermutationSpec.from_model(Net(), torch.randn(2, 3, 4, 4))
-    owners = {k: g for g, pairs in spec.groups.items() for k, _ in pairs}
-    assert "conv.weight" not in owners and "fc1.weight" not in owners  # fc1's output feeds a sum: pinned too
-    assert owners["conv2.weight"] == owners["fc2.weight"]
-    assert spec.consumers[owners["conv2.weight"]] == ("fc2",)
+    spec = PermutationSpec.from_model(Net(), torch.randn(2, 3, 4, 4))  # self-tested
+    owners = {(e.key, e.axis): (g, e) for g, pairs in spec.groups.items() for e in pairs}
+    assert owners[("conv.weight", 0)][0] == owners[("fc1.weight", 1)][0]
+    assert owners[("fc1.weight", 1)][1].repeat == 16
+    assert ("fc1.weight", 0) in owners  # fc1's outputs are only summed: any order gives the same sum
+    assert owners[("conv2.weight", 0)][0] == owners[("fc2.weight", 1)][0]
+    assert [s.module for s in spec.consumers[owners[("conv2.weight", 0)][0]]] == ["fc2"]
 
 
 def test_an_untraceable_model_gets_advice_and_a_wrong_spec_fails_its_self_test():

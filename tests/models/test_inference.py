@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dimat.agent import channels_last, predict
+from dimat.agent import predict
+from dimat.layout import channels_last
 from dimat.flat import flatten_module
 from dimat.merge import reset_bn
 from dimat.models import build_model
@@ -45,7 +46,7 @@ def test_channels_last_swaps_only_convolution_weights_and_restores_them_on_error
     model = build_model("cnn", (1, 8, 8), 10, width=1)
     originals = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
     try:
-        with channels_last(model) as nhwc:
+        with channels_last(model, torch.randn(2, 1, 8, 8)) as nhwc:
             assert nhwc
             convs = {n for n, p in model.named_parameters() if p.dim() == 4}
             assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for n, p in
@@ -54,7 +55,7 @@ def test_channels_last_swaps_only_convolution_weights_and_restores_them_on_error
     except RuntimeError:
         pass
     assert all((p.data_ptr(), p.stride()) == originals[n] for n, p in model.named_parameters())
-    with channels_last(build_model("mlp", (1, 8, 8), 10, hidden=[8])) as nhwc:
+    with channels_last(build_model("mlp", (1, 8, 8), 10, hidden=[8]), torch.randn(2, 1, 8, 8)) as nhwc:
         assert not nhwc  # nothing to convert: inputs stay as they are
 
 
