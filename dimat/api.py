@@ -121,7 +121,12 @@ def resume(run_dir: str | os.PathLike, overrides: Sequence[str] = (), *, changes
         for p in parents:
             node = node[p]
         node[leaf] = value
-    done = checkpoint.saved_round(folder)
+    usable, problems = checkpoint.newest_complete(folder)
+    if usable is None:  # refuse before anything starts or is written: the run folder stays as it is
+        why = "; ".join(problems) or "it has no checkpoint (run.checkpoint_every=0, or stopped before its first)"
+        raise ConfigError(f"resume={run_dir}: no readable checkpoint ({why}); nothing was changed: start a new run "
+                          "in another run.dir")
+    done = checkpoint.saved_round(usable.parent, usable.name)
     if done is not None and saved["rounds"] < done:
         raise ConfigError(f"resume={run_dir}: rounds={saved['rounds']} but the checkpoint is at round {done}: "
                           f"give rounds >= {done}")

@@ -47,6 +47,8 @@ def execute(s: Setup, *, resume: bool = False) -> Result:
     """Run one experiment (or continue it from its last checkpoint); returns folder, summary, records."""
     c = s.cfg
     run_dir = Path(c["run"]["dir"] or Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")).resolve()
+    if not resume:
+        check_run_dir(run_dir)
     display = Display(progress=c["run"]["progress"])
     display.start_info(s)
     # centralized: one model on all the data, the agents' combined batch, the same steps
@@ -77,6 +79,19 @@ def execute(s: Setup, *, resume: bool = False) -> Result:
         backend.shutdown()
         display.stop()
         logger.close()
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", *checkpoint.FOLDERS)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A new run never writes over another: run.dir must be new, or an empty folder."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run.dir={run_dir} is a file: give a folder path (it is created)")
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if found:
+        raise ConfigError(f"run.dir={run_dir} holds a run already ({found[0]}): continue it with resume={run_dir}, "
+                          "or give another run.dir")
 
 
 def restrict_mixing(W: np.ndarray, alive: list[int]) -> np.ndarray:
@@ -146,6 +161,8 @@ class Driver:
         c, R = self.c, self.c["rounds"]
         self.resumed = resume
         start = self.restore() if resume else None
+        if resume and start is None:  # never start over in a run's folder: its records would be erased
+            raise ConfigError(f"resume={self.writer.dir}: no readable checkpoint; nothing was changed")
         if start is None:
             start = 0
             self.writer.metrics_path.unlink(missing_ok=True)
@@ -328,7 +345,7 @@ class Driver:
 
     def restore(self) -> int | None:
         """Load the newest readable checkpoint (falling back to the previous one); its round, or None."""
-        driver = checkpoint.load(self.backend, self.writer.dir, self.display.print)
+        driver = checkpoint.load(self.backend, self.writer.dir, self.display.warn, self.alive)
         if driver is None:
             return None
         if self.schedule:

@@ -9,9 +9,13 @@ from cfg_helpers import compose_cfg, tiny_overrides
 
 @pytest.fixture
 def tiny(tmp_path):
-    """Compose a tiny config writing into a temporary run folder."""
+    """Compose a tiny config writing into a temporary run folder: `run` for the first config, `run2`, `run3`, …
+    for the next ones (a run never writes over another)."""
+    made = [0]
 
     def make(*overrides: str):
-        return compose_cfg(tiny_overrides([f"run.dir={tmp_path}/run", *overrides]))
+        made[0] += 1
+        folder = f"{tmp_path}/run" if made[0] == 1 else f"{tmp_path}/run{made[0]}"
+        return compose_cfg(tiny_overrides([f"run.dir={folder}", *overrides]))
 
     return make

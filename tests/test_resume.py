@@ -83,3 +83,32 @@ def test_resume_refuses_what_cannot_change(tiny, tmp_path):
         run(tiny(f"resume={res.run_dir}", "backend=inprocess", "agents=6"))
     again = run(tiny(f"resume={res.run_dir}", "backend=inprocess", "rounds=4"))
     assert again.records[-1]["round"] == 4
+
+
+def _damage(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("damaged", ["driver", "agent"])
+def test_resume_without_a_readable_checkpoint_refuses_and_changes_nothing(tiny, tmp_path, damaged):
+    res = run(tiny("algorithm=dsgd", "backend=inprocess", "rounds=3", "run.checkpoint_every=1"))
+    for folder in ("checkpoint", "checkpoint.prev"):
+        _damage(res.run_dir / folder / ("driver.pt" if damaged == "driver" else "agent_1.pt"))
+    before = {p: p.read_bytes() for p in res.run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="no readable checkpoint.*nothing was changed"):
+        dimat.resume(res.run_dir)
+    after = {p: p.read_bytes() for p in res.run_dir.rglob("*") if p.is_file()}
+    assert after == before  # metrics.jsonl, the intact agent files and summary.json all as they were
+
+
+def test_a_run_never_writes_over_another(tiny, tmp_path):
+    first = run(tiny("algorithm=dsgd", "backend=inprocess", "rounds=2"))
+    metrics = (first.run_dir / "metrics.jsonl").read_bytes()
+    with pytest.raises(ConfigError, match="holds a run already.*resume="):
+        run(tiny("algorithm=dsgd", "backend=inprocess", "rounds=3", f"run.dir={first.run_dir}"))
+    assert (first.run_dir / "metrics.jsonl").read_bytes() == metrics
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        run(tiny("backend=inprocess", f"run.dir={tmp_path}/a_file"))
+    (tmp_path / "empty").mkdir()
+    assert run(tiny("backend=inprocess", "rounds=1", f"run.dir={tmp_path}/empty")).records  # an empty folder is fine

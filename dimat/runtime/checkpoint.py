@@ -5,8 +5,10 @@ optimizer, RNG, data position, the algorithm's per-agent state, the last sent
 state when the schedule measures drift) and `driver.pt` (round, schedule and
 ledger state, wall time). It is written to `checkpoint.tmp/` and renamed into
 place; the previous one is kept as `checkpoint.prev`, and a damaged newest one
-(e.g. a truncated file) makes `load` fall back to it. Files hold tensors and
-plain values only: they load with `torch.load(weights_only=True)`.
+(e.g. a truncated file) makes `load` fall back to it -- every file of a folder
+is read before anything is restored from it, so a resume never mixes two
+checkpoints, and with no readable one nothing is restored at all. Files hold
+tensors and plain values only: they load with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -63,23 +65,49 @@ def write(backend, run_dir: Path, driver_state: dict) -> None:
     tmp.rename(final)
 
 
-def load(backend, run_dir: Path, warn=print) -> dict | None:
-    """Restore every host's agents from the newest readable checkpoint; its driver state, or None."""
-    for folder in (run_dir / name for name in FOLDERS):
+def newest_complete(run_dir: Path, agents=None) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint folder whose every file reads (driver.pt and an agent_<i>.pt for every agent i in
+    `agents`, by default agent_0.. with no gap), read on this machine without any host; and why each newer one
+    was passed over. Nothing is restored from a folder that fails here, so a resume never mixes two
+    checkpoints."""
+    problems = []
+    for folder in (Path(run_dir) / name for name in FOLDERS):
         if not (folder / "driver.pt").exists():
+            if folder.exists():
+                problems.append(f"{folder.name}: no driver.pt")
             continue
         try:
-            driver = torch.load(folder / "driver.pt", weights_only=True)
-            backend.run(restore_agents, str(folder))
-            return driver
+            torch.load(folder / "driver.pt", weights_only=True)
+            files = sorted(folder.glob("agent_*.pt"))
+            ids = sorted(int(f.stem[len("agent_"):]) for f in files if f.stem[len("agent_"):].isdigit())
+            missing = sorted(set(range(len(ids)) if agents is None else agents) - set(ids))
+            if missing or not ids:
+                raise FileNotFoundError(f"agent_{missing[0] if missing else 0}.pt is missing")
+            for f in files:
+                torch.load(f, weights_only=True, map_location="cpu")
+            return folder, problems
         except Exception as e:  # noqa: BLE001 - a truncated or corrupt file, whatever the reader raises
-            warn(f"[yellow]checkpoint {folder.name} is unreadable ({type(e).__name__}); trying an older one[/]")
-    return None
+            problems.append(f"{folder.name}: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}")
+    return None, problems
 
 
-def saved_round(run_dir: Path) -> int | None:
-    """The round of the newest readable checkpoint's driver state (without touching any agent)."""
-    for folder in (run_dir / name for name in FOLDERS):
+def load(backend, run_dir: Path, warn=print, agents=None) -> dict | None:
+    """Restore every host's agents from the newest checkpoint whose every file reads; its driver state, or None
+    (then nothing was restored). `warn` says which newer one was unreadable and which is used instead."""
+    folder, problems = newest_complete(run_dir, agents)
+    if folder is None:
+        return None
+    for problem in problems:
+        warn(f"checkpoint {problem}; using {folder.name} instead")
+    driver = torch.load(folder / "driver.pt", weights_only=True)
+    backend.run(restore_agents, str(folder))
+    return driver
+
+
+def saved_round(run_dir: Path, name: str | None = None) -> int | None:
+    """The round of the newest readable checkpoint's driver state (or of checkpoint folder `name`), without
+    touching any agent."""
+    for folder in (run_dir / name for name in ((name,) if name else FOLDERS)):
         try:
             return int(torch.load(folder / "driver.pt", weights_only=True)["round"])
         except Exception:  # noqa: BLE001 - missing or damaged: try the older one
