@@ -78,12 +78,36 @@ def start_ray_early(cfg: DictConfig) -> bool:
     return True
 
 
+def _stopped(run_dir: Path, out: Path, message: str, code: int, resumable: bool = True) -> None:
+    """A run stopped part way (Ctrl-C, a host that failed, a full disk): one line saying why and whether it can
+    be resumed; a folder with nothing in it is removed."""
+    from dimat.runtime import checkpoint
+
+    _remove_empty(out)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    if not resumable:
+        pass
+    elif checkpoint.newest_complete(run_dir)[0] is not None:
+        message += f"; resume with: python -m dimat resume={run_dir}"
+    elif run_dir.exists():
+        message += f"; {run_dir} has no checkpoint yet: start it again"
+    print(message, file=sys.stderr)
+    prestart.abandon(code)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _app(cfg: DictConfig) -> float | None:
+    import errno
+
     from dimat.api import run
+    from dimat.experiment import Diverged
+    from dimat.metrics import disk_full
+    from dimat.runtime.base import HostFailure
 
     out = Path(HydraConfig.get().runtime.output_dir)
     resume = cfg.resume is not None
+    run_dir = Path(cfg.resume if resume else cfg.run.dir or out).resolve()
     try:
         if not resume and cfg.run.dir is None:
             with open_dict(cfg):
@@ -91,8 +115,18 @@ def _app(cfg: DictConfig) -> float | None:
         result = run(cfg)
     except ConfigError as e:
         _fail(str(e), out)
-    if resume:
-        _remove_empty(out)  # Hydra made a fresh folder that the resumed run does not use
+    except KeyboardInterrupt:
+        _stopped(run_dir, out, "interrupted", 130)
+    except HostFailure as e:
+        _stopped(run_dir, out, f"error: {e} (raise backend.timeout_s, or see the host's log)", 2)
+    except Diverged as e:
+        _stopped(run_dir, out, f"error: {e}", 2, resumable=False)
+    except OSError as e:
+        if e.errno != errno.ENOSPC and not disk_full(run_dir if run_dir.exists() else run_dir.parent):
+            raise
+        _stopped(run_dir, out, f"error: no space left on the device of {e.filename or run_dir}: free some or give a "
+                 "run.dir on another disk", 2)
+    _remove_empty(out)  # Hydra's folder, when the run used another (resume=, run.dir=)
     return result.summary.get("final_acc_mean")
 
 

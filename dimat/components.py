@@ -353,6 +353,9 @@ def _model_check(make: Callable, ds: Dataset, example: torch.Tensor) -> torch.nn
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"model: {_name(make)} returns {shape} for {len(example)} inputs: dimat needs logits of "
                           f"shape ({len(example)}, num_classes={ds.num_classes})")
+    if not bool(torch.isfinite(out).all()):
+        raise ConfigError(f"model: {_name(make)} returns non-finite logits on the first training samples at "
+                          "initialisation: check its init and forward (nothing could train)")
     return model
 
 

@@ -456,7 +456,7 @@ class BackendConf:
     _partial_: bool = True
     device: str = "auto"  # auto (a GPU when there is one) | cpu | cuda
     vectorize: bool = False  # a host's agents take their local steps as one batched (vmap) computation
-    threads: int | None = None  # torch threads (per actor with Ray); null: the CPUs free to this run
+    threads: int | None = None  # torch threads (per actor with Ray); null: the machine's CPUs (per actor: its share)
 
 
 @dataclass

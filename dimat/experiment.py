@@ -28,12 +28,13 @@ from dimat.loggers import build_logger
 from dimat.metrics import ByteLedger, RunWriter, accuracy, read_metrics, write_atomic
 from dimat.progress import Display
 from dimat.runtime import checkpoint, ops
-from dimat.runtime.base import HostFailure
+from dimat.runtime.base import HostFailure, busy_warning
 from dimat.runtime.exchange import Outcome, run_exchange
 from dimat.runtime.host import build_agent_model
 from dimat.schedule import Progress, full_plan, mixing_rows, plan_size
 
-__all__ = ["ConfigError", "Driver", "HostFailure", "Result", "check_connected", "execute", "restrict_mixing"]
+__all__ = ["ConfigError", "Diverged", "Driver", "HostFailure", "Result", "check_connected", "execute",
+           "restrict_mixing"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ def execute(s: Setup, *, resume: bool = False) -> Result:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     writer = RunWriter(run_dir)
+    c["backend"]["threads"] = backend.threads  # the threads used, recorded: a resume and a rerun use the same
+    if backend.free is not None:
+        note = busy_warning(backend.threads * len(backend.groups), backend.free)
+        if note:
+            display.warn(note)
     if not resume:
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(c)))
     logger = build_logger(c["logger"], run_dir, c)
@@ -79,6 +85,13 @@ def execute(s: Setup, *, resume: bool = False) -> Result:
         backend.shutdown()
         display.stop()
         logger.close()
+
+
+DIVERGED_ROUNDS = 3
+
+
+class Diverged(RuntimeError):
+    """Every agent was rolled back (non-finite loss or weights) several rounds in a row."""
 
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", *checkpoint.FOLDERS)
@@ -156,6 +169,7 @@ class Driver:
         # seconds spent evaluating and measuring: during the rounds (eval_s), the final figures (final_eval_s)
         self.eval_s = {False: 0.0, True: 0.0}
         self.t_start = time.perf_counter()
+        self.all_rolled_back = 0  # consecutive rounds in which every agent was rolled back
 
     def run(self, resume: bool) -> Result:
         c, R = self.c, self.c["rounds"]
@@ -196,6 +210,8 @@ class Driver:
         if c["final_merge"]["enabled"]:
             summary.update(_final_merge(c, self.s, self.backend, len(self.alive), self.full_counts))
         summary["host_restarts"] = restarts
+        summary["rollbacks"] = sum(len(rec.get("rolled_back") or ()) for rec in read_metrics(self.writer.dir))
+        summary["threads"] = self.backend.threads
         summary["nodes"] = len(set(self.backend.run(ops.node)))
         summary["wall_s"] = time.perf_counter() - self.t_start  # the rounds, evaluation and final merge
         if self.s.started and not self.resumed:  # and everything before them: data, checks, starting the hosts
@@ -224,11 +240,23 @@ class Driver:
             plan, outcome = self.communicate(r, progress, due, rec, full=r == R) if talk else ({}, Outcome())
         rolled_back = sorted({i for i, v in losses.items() if v == float("inf")} | set(outcome.rolled_back))
         if rolled_back:
-            self.display.print(f"[yellow]round {r}: agents {rolled_back} diverged and were rolled back[/]")
+            self.display.warn(f"round {r}: agents {rolled_back} diverged and were rolled back")
         if due:
             self.record(rec, plan, outcome, losses, rolled_back, full=r == R)
         else:
+            if rolled_back:  # recorded whether or not the round is evaluated
+                self.writer.append({"round": r, "event": "rolled_back", "rolled_back": rolled_back})
             self.display.tick(r)
+        self.check_divergence(r, rolled_back)
+
+    def check_divergence(self, r: int, rolled_back: list[int]) -> None:
+        """A run in which every agent is rolled back `DIVERGED_ROUNDS` rounds in a row cannot train: stop."""
+        everyone = set(rolled_back) >= set(self.alive)
+        self.all_rolled_back = self.all_rolled_back + 1 if everyone else 0
+        if self.all_rolled_back >= DIVERGED_ROUNDS:
+            raise Diverged(f"the run diverged: every agent's loss or weights were non-finite in rounds "
+                           f"{r - DIVERGED_ROUNDS + 1}-{r} (each time rolled back): lower algorithm.optimizer.lr or "
+                           "check the model")
 
     def record(self, rec: dict, plan: dict, outcome: Outcome, losses: dict, rolled_back: list[int], *,
                full: bool = False) -> None:

@@ -7,8 +7,11 @@ squared distances, transfers actually made) plus the writers of
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,10 +77,17 @@ class RunWriter:
         self.metrics_path = self.dir / "metrics.jsonl"
 
     def append(self, record: dict) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(_plain(record)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """One line, whole or not at all: a write that fails part way is cut back to the previous lines."""
+        line = json.dumps(_plain(record)) + "\n"
+        with guarded(self.metrics_path), open(self.metrics_path, "a") as f:
+            start = f.tell()
+            try:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            except BaseException:
+                f.truncate(start)
+                raise
 
     def write_json(self, name: str, obj: dict) -> None:
         write_atomic(self.dir / name, json.dumps(_plain(obj), indent=2) + "\n")
@@ -85,9 +95,46 @@ class RunWriter:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary name in the same folder, then rename: never half a file."""
+    replace_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def replace_atomic(path: Path, write) -> None:
+    """`write(tmp)` to a temporary name beside `path`, then rename it into place: `path` is the old file or the
+    new one, never half of one; a failed write leaves no temporary file and, where the disk is full, raises
+    OSError(ENOSPC) naming `path`."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with guarded(path):
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def guarded(path: Path):
+    """Turn a failed write on a full disk into OSError(ENOSPC) naming `path` (torch.save reports it as a bare
+    RuntimeError from its zip writer)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC and not e.filename:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        raise
+    except RuntimeError as e:
+        if disk_full(Path(path).parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        raise
+
+
+def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether the device of `folder` has less than `margin` bytes free."""
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -31,7 +31,7 @@ BAD = [
     (["algorithm=cdsgd", "local_epochs=2"], "every step"),
     # what a new user hit on the way to their own components
     (["algorithm.optimizer.name=foo"], "algorithm.optimizer.name=foo is unknown: use one of sgd, msgd, adam"),
-    (["algorithm.optimizer.lr=-1"], "algorithm.optimizer.lr=-1.0 must be > 0"),
+    (["algorithm.optimizer.lr=-1"], "algorithm.optimizer.lr=-1.0 is out of range"),
     (["algorithm.optimizer.name=adam", "algorithm.optimizer.momentum=0.5"], "momentum applies to name=msgd"),
     (["algorithm=dsgd", "merge=activation"], "merge.method=activation"),
     (["algorithm=dsgd", "algorithm.qp_margin=9"], "algorithm.qp_margin is not an option"),

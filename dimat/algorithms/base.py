@@ -68,6 +68,9 @@ def gossip_average(own: torch.Tensor, self_weight: float, received: list[Receive
     return own
 
 
+MAX_LR = 10.0  # a step size above this diverges every model dimat has met: refused as a slip
+
+
 def optimizer_settings(cfg: Mapping | None) -> dict:
     """The `algorithm.optimizer` node checked and completed: {name, lr, momentum, weight_decay}."""
     cfg = dict(cfg or {})
@@ -79,10 +82,11 @@ def optimizer_settings(cfg: Mapping | None) -> dict:
     weight_decay = cfg.get("weight_decay", 0.0)
     if name not in OPTIMIZERS:
         raise ValueError(f"algorithm.optimizer.name={name} is unknown: use one of {', '.join(OPTIMIZERS)}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"algorithm.optimizer.lr={lr} must be > 0")
-    if not weight_decay >= 0:
-        raise ValueError(f"algorithm.optimizer.weight_decay={weight_decay} must be >= 0")
+    if not (isinstance(lr, (int, float)) and 0 < lr <= MAX_LR):  # nan and inf fail too
+        raise ValueError(f"algorithm.optimizer.lr={lr} is out of range: give 0 < lr <= {MAX_LR:g} (typical: 0.1 for "
+                         "SGD, 0.001 for Adam)")
+    if not 0 <= weight_decay < 1:
+        raise ValueError(f"algorithm.optimizer.weight_decay={weight_decay} must be in [0, 1)")
     if momentum is not None and name != "msgd":
         raise ValueError(f"algorithm.optimizer.momentum applies to name=msgd, not {name}: drop it or use msgd")
     if name == "msgd":

@@ -88,6 +88,25 @@ def _busy_cpus(window_s: float = 0.25) -> float | None:
     return max(0.0, busy - (own1 - own0) / max(t1 - t0, 1e-3))
 
 
+def machine_cpus() -> int:
+    """The CPUs this process may run on (its affinity), whatever else is running: the default torch thread
+    count, so the same command gives the same numbers on a busy machine as on an idle one."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def busy_warning(threads: int, free: int | None = None) -> str | None:
+    """A line for the start of a run when other work keeps CPUs busy that this run's `threads` (in all) use."""
+    free = free_cpus() if free is None else free
+    if free >= threads:
+        return None
+    return (f"other processes keep {machine_cpus() - free} of {machine_cpus()} CPUs busy; this run uses {threads} "
+            f"torch thread{'s' if threads > 1 else ''} as it would on an idle machine (the same numbers): "
+            "backend.threads=1 may run faster, with different rounding")
+
+
 def free_cpus() -> int:
     """CPUs this run may use without competing with other busy processes (at least 1): torch threads beyond
     them do not add speed, they make every step wait on a descheduled thread."""
@@ -132,6 +151,8 @@ class Backend:
     name = "backend"
     groups: list[list[int]]
     comm: str = "object_store"  # how neighbour messages travel: object_store | torch
+    threads: int = 1  # torch threads per host (recorded in config.yaml and summary.json)
+    free: int | None = None  # CPUs other work left free when the run started (for a warning), if read
 
     def run(self, fn: Callable, *args: Any) -> list[Any]:
         """`fn(host, *args)` on every host; results in host order."""

@@ -13,20 +13,20 @@ tensors and plain values only: they load with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from dimat.metrics import replace_atomic
+
 FOLDERS = ("checkpoint", "checkpoint.prev")
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary name in the same folder, then rename: never half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save to a temporary name in the same folder, then rename: never half a file (on a full disk:
+    OSError(ENOSPC) naming the file, `dimat.metrics.replace_atomic`)."""
+    replace_atomic(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 # --------------------------------------------------------------------------- host side
@@ -56,8 +56,12 @@ def write(backend, run_dir: Path, driver_state: dict) -> None:
     tmp, final, prev = run_dir / "checkpoint.tmp", run_dir / FOLDERS[0], run_dir / FOLDERS[1]
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    backend.run(save_agents, str(tmp))
-    save_atomic(driver_state, tmp / "driver.pt")
+    try:
+        backend.run(save_agents, str(tmp))
+        save_atomic(driver_state, tmp / "driver.pt")
+    except BaseException:  # a full disk, a failed host: the checkpoints in place stay as they are
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     # keep the previous complete checkpoint: if the newest is damaged, load falls back to it
     shutil.rmtree(prev, ignore_errors=True)
     if final.exists():

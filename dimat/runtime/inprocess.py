@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dimat.runtime.base import Backend, free_cpus, resolve_device
+from dimat.runtime.base import Backend, free_cpus, machine_cpus, resolve_device
 from dimat.runtime.host import AgentHost, HostSpec
 
 
@@ -17,11 +17,12 @@ class InProcessBackend(Backend):
         import torch
 
         if threads is not None and threads < 1:
-            raise ValueError(f"backend.threads={threads} must be >= 1 (or null: the CPUs free to this run)")
+            raise ValueError(f"backend.threads={threads} must be >= 1 (or null: this machine's CPUs)")
         self.groups = [list(range(len(parts)))]
         self.device = resolve_device(device, torch.cuda.is_available())
         self._threads_before = torch.get_num_threads()  # the whole process's: put back at shutdown
-        self.threads = threads or free_cpus()
+        self.threads = threads or machine_cpus()  # not the momentary load: the same numbers on a busy machine
+        self.free = free_cpus() if threads is None else None
         self.hosts = [AgentHost(spec, dataset, dict(enumerate(parts)), transport="local", device=self.device,
                                 vectorize=vectorize, threads=self.threads)]
 

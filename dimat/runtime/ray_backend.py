@@ -293,9 +293,9 @@ class RayBackend(Backend):
             raise
 
     def _build_hosts(self, spec, dataset, parts, threads, vectorize) -> None:
-        # torch threads per actor: its CPUs, and no more than the machine has free (others' work counts)
-        free = self.started.free if self.started.free is not None else int(self.started.cpus_each * len(self.groups))
-        threads = threads or max(1, min(int(self.started.cpus_each), free // len(self.groups)))
+        # torch threads per actor: its CPUs (not the momentary load: the same numbers on a busy machine)
+        threads = threads or max(1, int(self.started.cpus_each))
+        self.threads, self.free = threads, self.started.free
         data_ref = ray.put(dataset)  # while the actors' processes import torch
 
         def build(h: int):
