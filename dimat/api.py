@@ -69,7 +69,8 @@ def run(cfg: DictConfig | Mapping | Sequence[str] | None = None, *, model=None, 
 
     `cfg`: a config from `compose` (None: the defaults), a mapping (see `from_mapping`) or a list of
     overrides. Objects replace their config group: `model` a factory called as
-    `model(input_shape=..., num_classes=...)`, `dataset` a `dimat.data.Dataset`, `algorithm` a zero-argument
+    `model(input_shape=..., num_classes=...)`, `dataset` a `dimat.data.Dataset` or a loader called with no
+    arguments that returns one (then resumable by its import path), `algorithm` a zero-argument
     factory of an `Algorithm` (a class or a `functools.partial`), `topology` a networkx graph or a
     `topologies.Topology`; the run's config.yaml records their import paths. With `cfg.resume` set, the run
     continues that folder (see `resume`).

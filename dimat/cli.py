@@ -12,11 +12,13 @@ the run.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from dimat.config import register
@@ -48,22 +50,48 @@ def _fail(message: str, out: Path | None = None) -> None:
 def precheck(args: list[str]) -> tuple[str | None, DictConfig | None]:
     """Compose the command line's overrides as the run will: (the one-line error or None, the config or None
     where Hydra's own flags leave composition to Hydra)."""
-    overrides, config_dir, it = [], None, iter(args)
+    overrides, config_dir, it, sweep = [], None, iter(args), False
     for a in it:
         if a in ("-cd", "--config-dir"):
             config_dir = next(it, None)
         elif a.startswith("--config-dir="):
             config_dir = a.split("=", 1)[1]
+        elif a in ("-m", "--multirun"):
+            sweep = True
         elif a.startswith("-"):
-            return None, None  # --help, --cfg, -m, ...: Hydra's own business
+            return None, None  # --help, --cfg, ...: Hydra's own business
         elif a.startswith("hydra.") and not a.startswith("hydra.searchpath"):
             continue
         else:
             overrides.append(a)
     try:
+        if sweep:  # every value of every swept key composes, before Hydra makes the sweep's folder
+            return _precheck_sweep(overrides, config_dir), None
         return None, compose(overrides, config_dir=config_dir)
     except ConfigError as e:
         return str(e), None
+
+
+def _precheck_sweep(overrides: list[str], config_dir: str | None) -> str | None:
+    """The first sweep value that does not compose (each swept key's values with the others' first), as one
+    line naming the job's override; None when they all do."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:  # noqa: BLE001 - Hydra's parse error: a malformed sweep
+        return f"the sweep's overrides do not parse ({str(e).splitlines()[0]})"
+    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+              for o in parsed]
+    keys = [o.input_line.split("=", 1)[0] for o in parsed]
+    for i, vals in enumerate(values):
+        for v in vals[1:] if len(vals) > 1 else vals:
+            job = [f"{k}={v if j == i else vs[0]}" for j, (k, vs) in enumerate(zip(keys, values))]
+            try:
+                compose(job, config_dir=config_dir)
+            except ConfigError as e:
+                return f"{e} (sweep job with {keys[i]}={v})" if len(vals) > 1 else str(e)
+    return None
 
 
 RAY_BACKENDS = ("dimat.runtime.RayBackend", "dimat.runtime.ray_backend.RayBackend")
@@ -105,8 +133,11 @@ def _app(cfg: DictConfig) -> float | None:
     from dimat.metrics import disk_full
     from dimat.runtime.base import HostFailure
 
-    out = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
     resume = cfg.resume is not None
+    if hc.mode == RunMode.MULTIRUN:  # a sweep: say which job this is before its output
+        print(f"── job {hc.job.num}: {' '.join(hc.overrides.task) or '(defaults)'} ──", flush=True)
     run_dir = Path(cfg.resume if resume else cfg.run.dir or out).resolve()
     try:
         if not resume and cfg.run.dir is None:
@@ -130,7 +161,43 @@ def _app(cfg: DictConfig) -> float | None:
     return result.summary.get("final_acc_mean")
 
 
+HELP = """dimat: decentralized deep learning by iterative merging and training.
+
+usage: dimat [GROUP=OPTION ...] [KEY=VALUE ...]       (also: python -m dimat ...)
+       dimat -m GROUP=A,B KEY=1,2 ...                 a sweep: one run per combination
+       dimat resume=DIR [rounds=N]                    continue a run from its last checkpoint
+       dimat --cfg job [overrides]                    print the composed config (every key and its value)
+       python -m dimat.report DIR ...                 tables and plots of run folders
+
+Groups and their options (conf/<group>/<option>.yaml):
+{groups}
+
+Examples:
+  dimat                                            the default run: digits, 5 agents on a ring, DIMAT
+  dimat model=cnn merge=activation agents=8 topology=torus
+  dimat experiment=dimat_fashion_vit               a preset (conf/experiment/)
+  dimat model=custom model._target_=mylab.nets.Net +model.width=32   your own model
+"""
+
+
+def print_help() -> None:
+    """dimat's own --help: the groups a user chooses from (Hydra's would list internal schema groups)."""
+    root = conf_dir()
+    lines = []
+    for group in sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        options = sorted(str(f.relative_to(root / group).with_suffix("")) for f in (root / group).rglob("*.yaml"))
+        lines.append(f"  {group}: {', '.join(options)}")
+    print(HELP.format(groups="\n".join(lines)))
+
+
 def main() -> None:
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print_help()
+        return
+    # the working directory is importable, as with `python -m dimat` (a user's module named by _target_)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     mark_cpus()  # the free CPUs are then read over the time the config and imports take, with no wait
     error, cfg = precheck(sys.argv[1:])
     if error is not None:

@@ -31,6 +31,7 @@ from dimat.algorithms import Algorithm, Centralized
 from dimat.config import FRAMEWORK_KEYS, MergeConf, PeriodicConf
 from dimat.configure import ConfigError
 from dimat.data import Dataset, check_parts, class_histogram, prepare_dataset, stratified
+from dimat.runtime.base import machine_cpus
 from dimat.flat import FlatLayout
 from dimat.runtime import checkpoint
 from dimat.runtime.host import HostSpec, build_agent_model
@@ -48,21 +49,53 @@ def one_line(e: BaseException) -> str:
 
 # --------------------------------------------------------------------------- _target_ nodes
 def locate(group: str, node: dict) -> Callable:
-    """The callable a group node's `_target_` names."""
-    from hydra.utils import get_object
-
+    """The callable a group node's `_target_` names (imported here rather than by Hydra's get_object, which
+    logs its own multi-line error before raising)."""
     target = node.get("_target_")
     if not target or target == "???":
         raise ConfigError(f"{group}._target_ is missing: set {group}._target_=pkg.module.Name")
-    try:
-        obj = get_object(target)
-    except Exception as e:  # noqa: BLE001 - ImportError, AttributeError, or anything the module raises
-        cause = e.__cause__ or e
-        raise ConfigError(f"{group}._target_={target} cannot be imported ({type(cause).__name__}: "
-                          f"{one_line(cause)}): check the name, and that its module is importable (the working "
-                          "directory or PYTHONPATH)") from e
+    obj = _import(group, target)
     if not callable(obj):
         raise ConfigError(f"{group}._target_={target} is not callable: name a class or a function")
+    return obj
+
+
+def _import(group: str, target: str) -> Any:
+    """`pkg.module.Name`: walked as Python's import would (an attribute of what is imported so far, else a
+    submodule); ConfigError (one line) naming what is missing, with a near miss where there is one."""
+    import difflib
+    import importlib
+    import pkgutil
+
+    first, *rest = target.split(".")
+    try:
+        obj = importlib.import_module(first)
+    except ModuleNotFoundError as err:
+        if err.name != first:  # the module is there, one it imports is not
+            raise ConfigError(f"{group}._target_={target}: importing {first} fails (no module named {err.name}): "
+                              "install it") from err
+        raise ConfigError(f"{group}._target_={target} cannot be imported (no module named {first}): check the name, "
+                          "and that its module is importable (the working directory or PYTHONPATH)") from err
+    except Exception as err:  # noqa: BLE001 - the module itself fails while importing
+        raise ConfigError(f"{group}._target_={target}: importing {first} fails ({type(err).__name__}: "
+                          f"{one_line(err)}): fix that module") from err
+    where = first
+    for name in rest:
+        if not hasattr(obj, name) and hasattr(obj, "__path__"):  # a package: maybe a submodule not imported yet
+            try:
+                importlib.import_module(f"{where}.{name}")
+            except ModuleNotFoundError:
+                pass
+            except Exception as err:  # noqa: BLE001
+                raise ConfigError(f"{group}._target_={target}: importing {where}.{name} fails "
+                                  f"({type(err).__name__}: {one_line(err)}): fix that module") from err
+        if not hasattr(obj, name):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            names += [m.name for m in pkgutil.iter_modules(obj.__path__)] if hasattr(obj, "__path__") else []
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{group}._target_={target}: {where} has no {name}:{hint} check the name")
+        obj, where = getattr(obj, name), f"{where}.{name}"
     return obj
 
 
@@ -237,6 +270,7 @@ def _resolve(c: dict, algo: Algorithm) -> None:
             raise ConfigError(f"init_from={c['init_from']}: no such folder; give a dimat run folder (phase one's) "
                               "or a folder of agent_<i>.pt state dicts")
         c["init_from"] = str(folder.resolve())
+        c["init"] = _source_init(folder) or c["init"]  # how the agents it holds were initialised, recorded
     if c["init"] == "auto":
         c["init"] = algo.default_init
     if c["pretrain_epochs"] is None:
@@ -308,11 +342,29 @@ def _resolve_eval(c: dict, algo: Algorithm, steps: int, eval_samples: int, full_
         e["every"] = 1 if fit >= rounds - 1 else (rounds - 1) // (fit + 1) + 1
 
 
-def _dataset(c: dict, given: Dataset | None) -> Dataset:
+def _dataset(c: dict, given: Dataset | Callable | None) -> Dataset:
+    """The run's dataset: the config's loader's, or one given to `dimat.run` -- a Dataset, or a loader called
+    with no arguments (like `model=`, a callable is recorded by its import path)."""
     d = c["data"]
-    raw = given if given is not None else call("data", factory("data", d))
+    if given is None:
+        raw = call("data", factory("data", d))
+    elif callable(given) and not isinstance(given, Dataset):
+        raw = call("data", given)
+    else:
+        raw = given
     return call("data", prepare_dataset, raw, train_samples=d.get("train_samples"),
                 test_samples=d.get("test_samples"), seed=c["seed"])
+
+
+def _source_init(folder: Path) -> str | None:
+    """`init` of the dimat run in `folder` (None: not a run, or its config does not say)."""
+    try:
+        from omegaconf import OmegaConf
+
+        init = OmegaConf.load(folder / "config.yaml").get("init")
+    except Exception:  # noqa: BLE001 - a folder of state dicts, or an unreadable config: nothing to record
+        return None
+    return init if init in ("independent", "shared") else None
 
 
 def eval_subsample(y_test: np.ndarray, k: int | None, seed: int) -> np.ndarray | None:
@@ -359,7 +411,7 @@ def _model_check(make: Callable, ds: Dataset, example: torch.Tensor) -> torch.nn
     return model
 
 
-def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None = None,
+def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | Callable | None = None,
           algorithm: Callable | None = None, topology: Any = None) -> Setup:
     """Validate the config and build every component; raise ConfigError on bad input (nothing is written)."""
     started = time.perf_counter()
@@ -421,6 +473,15 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | None =
         init_states = call("init_from", checkpoint.initial_states, c["init_from"], n, agent.model)
     perm_spec = getattr(algo, "spec", None) if algo.uses_merge else None
     notes = []
+    b = c["backend"]
+    if b.get("num_cpus") and not b.get("address") and b["num_cpus"] > machine_cpus():
+        notes.append(f"backend.num_cpus={b['num_cpus']} is more than this machine's {machine_cpus()} CPUs: Ray will "
+                     "place that many actors' work on them, slower than backend.num_cpus=null")
+    aligns = algo.uses_merge and c["merge"]["method"] != "average"
+    if c["init_from"] is not None and c["init"] == "independent" and algo.communicates and not aligns:
+        notes.append(f"init_from={c['init_from']}: its agents were trained from independent inits, and "
+                     f"algorithm={algo.label} averages them without aligning their hidden units: expect their first "
+                     "merge to collapse (algorithm=dimat with merge=weight or activation aligns them)")
     if perm_spec is not None:
         from dimat.merge.spec import alignment_report
 

@@ -61,11 +61,18 @@ def explain(e: BaseException) -> str:
         key = first.split("'")[1]
         owner = str(cause).splitlines()[0]
         schema = owner.rsplit("'", 2)[-2] if owner.count("'") >= 4 else "its schema"
-        group = key.split(".")[0]
+        *parents, leaf = key.split(".")
+        guess = _did_you_mean(leaf, _schema_keys(schema))
+        if not parents:  # a top-level setting, not a group's option
+            hint = f": did you mean {guess}?" if guess else ""
+            return f"{key} is not a setting of dimat{hint} (`python -m dimat --cfg job` lists them all)"
+        group = parents[0]
         own = (f"; for your own component: {group}=custom {group}._target_=... +{key}=..."
                if (conf_dir() / group / "custom.yaml").is_file() else "")
-        return (f"{key} is not an option of this {group} ({schema}): drop it, or choose a {group} that takes it "
-                f"(see conf/{group}/{own})")
+        hint = f"did you mean {'.'.join(parents)}.{guess}? Otherwise " if guess else ""
+        article = "an" if group[0] in "aeiou" else "a"
+        return (f"{key} is not an option of this {group} ({schema}): {hint}drop it, or choose {article} {group} that "
+                f"takes it (see conf/{group}/{own})")
     if "Could not find '" in first:
         missing = first.split("Could not find '")[1].split("'")[0]
         group, _, name = missing.rpartition("/")
@@ -73,8 +80,28 @@ def explain(e: BaseException) -> str:
         options = [ln.strip() for ln in lines[lines.index(f"Available options in '{group}':") + 1:]
                    if ln.startswith("\t")] if f"Available options in '{group}':" in lines else []
         options = [o for o in options if not o.startswith("provider=")][:40]
-        return f"{group}={name} is unknown: use one of {', '.join(options) or '(none found)'}"
+        guess = _did_you_mean(name, options)
+        hint = f"did you mean {group}={guess}? The options: " if guess else "use one of "
+        return f"{group}={name} is unknown: {hint}{', '.join(options) or '(none found)'}"
     if first.startswith("Error merging override ") and cause is not None:
         override = first[len("Error merging override "):]
         return f"{override}: {str(cause).splitlines()[0]}"
     return first
+
+
+def _schema_keys(name: str) -> list[str]:
+    """The fields of the typed schema called `name` (the top-level Config, or any group option's)."""
+    import dataclasses
+
+    from dimat import config
+
+    cls = getattr(config, name, None)
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str | None:
+    """The choice `word` is a near miss of, if any."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [c for c in choices if not c.startswith("_")], n=1, cutoff=0.6)
+    return close[0] if close else None

@@ -52,6 +52,7 @@ def execute(s: Setup, *, resume: bool = False) -> Result:
         check_run_dir(run_dir)
     display = Display(progress=c["run"]["progress"])
     display.start_info(s)
+    display.print(f"run folder: {run_dir}")
     # centralized: one model on all the data, the agents' combined batch, the same steps
     spec, parts = s.host, s.parts
     if s.centralized:
@@ -72,7 +73,7 @@ def execute(s: Setup, *, resume: bool = False) -> Result:
         raise
     writer = RunWriter(run_dir)
     c["backend"]["threads"] = backend.threads  # the threads used, recorded: a resume and a rerun use the same
-    if backend.free is not None:
+    if backend.free is not None and backend.name == "inprocess":  # Ray's actors have their CPUs reserved
         note = busy_warning(backend.threads * len(backend.groups), backend.free)
         if note:
             display.warn(note)
@@ -177,6 +178,9 @@ class Driver:
         start = self.restore() if resume else None
         if resume and start is None:  # never start over in a run's folder: its records would be erased
             raise ConfigError(f"resume={self.writer.dir}: no readable checkpoint; nothing was changed")
+        if resume:
+            self.display.say(f"resumed {self.writer.dir} from its checkpoint of round {start}; rounds {start + 1}-{R} "
+                             "follow")
         if start is None:
             start = 0
             self.writer.metrics_path.unlink(missing_ok=True)

@@ -34,6 +34,10 @@ class Display:
         if self.enabled:
             self.console.print(*args, soft_wrap=True)
 
+    def say(self, message: str) -> None:
+        """A line the user must see whether or not the progress display is on."""
+        self.console.print(escape(message), soft_wrap=True)
+
     def warn(self, message: str) -> None:
         """A warning the user must see: printed whether or not the progress display is on."""
         self.console.print(f"[yellow]warning: {escape(message)}[/]", soft_wrap=True)

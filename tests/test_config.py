@@ -79,6 +79,10 @@ def test_defaults_are_the_documented_ones():
     ("model.norm=bn", "model.norm is not an option of this model (MlpConf)"),  # the mlp has no norm
     ("agents=five", "agents=five: Value 'five'"),
     ("algorithm=nope", "algorithm=nope is unknown: use one of cdmsgd, cdsgd"),
+    ("algorithm=dimt", "algorithm=dimt is unknown: did you mean algorithm=dimat?"),
+    ("agnets=4", "agnets is not a setting of dimat: did you mean agents?"),
+    ("model.hiddn=[3]", "did you mean model.hidden? Otherwise drop it"),
+    ("backend.thread=2", "did you mean backend.threads?"),
 ])
 def test_a_misspelt_or_inapplicable_key_fails_at_compose_time(override, message):
     with pytest.raises(ConfigError) as err:

@@ -17,7 +17,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SMALL = ["agents=4", "rounds=3", "run.progress=false", "backend.timeout_s=120", "+data.n_train=600",
          "+data.n_test=300", "eval.every=1"]
 BY_TARGET = ["data=custom", "data._target_=mylab.data.spirals", "model=custom", "model._target_=mylab.models.ResidualMLP",
-             "+model.width=16", "algorithm=custom", "algorithm._target_=mylab.algorithms.TrimmedMean",
+             "+model.width=32", "algorithm=custom", "algorithm._target_=mylab.algorithms.TrimmedMean",
              "+algorithm.trim=1"]
 
 
@@ -41,7 +41,7 @@ def test_user_components_by_target_run_on_both_backends_with_identical_results(t
         np.testing.assert_allclose(ra["acc"], rb["acc"], atol=1e-6)
         assert ra["bytes_total"] == rb["bytes_total"]
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
-    width, n_in, classes = 16, 2, 3  # the user's model on the user's 2-d, 3-class data
+    width, n_in, classes = 32, 2, 3  # the user's model on the user's 2-d, 3-class data
     params = (n_in * width + width) + 2 * ((width * 2 * width + 2 * width) + (2 * width * width + width)) + (width * classes + classes)
     assert summary["model_bytes"] == 4 * params
     assert summary["algorithm"] == "trimmed_mean" and summary["final_acc_global_merge"] is not None

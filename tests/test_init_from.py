@@ -139,3 +139,22 @@ def test_centralized_starts_from_agent_0(phase_one, tiny):
     res = run(tiny(f"init_from={phase_one.run_dir}", "algorithm=centralized", "backend=inprocess", "rounds=1"))
     assert res.records[0]["acc"] == [phase_one.records[-1]["acc"][0]]
     assert np.isfinite(res.summary["final_acc_mean"])
+
+
+def test_unaligned_averaging_of_independent_agents_is_named_and_the_init_recorded(phase_one, tiny, capsys):
+    import yaml
+
+    res = run(tiny(f"init_from={phase_one.run_dir}", "algorithm=cga", "backend=inprocess", "rounds=1"))
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["init"] == "independent"  # as the source's
+    warnings = [ln for ln in capsys.readouterr().out.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and "without aligning" in warnings[0] and "algorithm=cga" in warnings[0]
+    run(tiny(f"init_from={phase_one.run_dir}", "algorithm=dimat", "backend=inprocess", "rounds=1"))
+    assert "without aligning" not in capsys.readouterr().out  # dimat aligns them
+
+
+def test_a_loader_function_is_a_dataset_too(tiny):
+    from dimat.data import synthetic
+
+    res = run(tiny("backend=inprocess", "rounds=1", "algorithm=dsgd"), dataset=synthetic)
+    cfg = (res.run_dir / "config.yaml").read_text()
+    assert "_target_: dimat.data.datasets.synthetic" in cfg and res.records

@@ -46,3 +46,22 @@ def test_a_wheel_in_a_fresh_virtualenv_runs_from_another_directory(tmp_path):
                            timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
         assert json.loads((elsewhere / f"run{i}" / "summary.json").read_text())["agents"] == 3
+    # every YAML of conf/ is in the wheel, and every experiment preset composes from it
+    presets = sorted(str(p.relative_to(ROOT / "conf" / "experiment").with_suffix(""))
+                     for p in (ROOT / "conf" / "experiment").rglob("*.yaml"))
+    code = ("import sys, dimat\nfor name in sys.argv[1:]:\n    dimat.compose([f'experiment={name}'])\n"
+            "print(len(sys.argv) - 1)")
+    p = subprocess.run([str(py), "-c", code, *presets], cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.split()[-1] == str(len(presets)), p.stderr[-2000:]
+    # the console script imports a user's module from the working directory, as `python -m dimat` does
+    (elsewhere / "userlab.py").write_text("from dimat.models import mlp as tiny_mlp\n")
+    p = subprocess.run([str(venv / "bin" / "dimat"), *[a for a in args if not a.startswith("model.")], "model=custom",
+                        "model._target_=userlab.tiny_mlp",
+                        "+model.hidden=[8]", f"run.dir={elsewhere}/user"], cwd=elsewhere, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    # its help is dimat's: the groups a user chooses from, no Hydra internals
+    p = subprocess.run([str(venv / "bin" / "dimat"), "--help"], cwd=elsewhere, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "model:" in p.stdout and "experiment:" in p.stdout, p.stdout
+    assert "schema" not in p.stdout and "Powered by Hydra" not in p.stdout

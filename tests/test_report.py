@@ -36,3 +36,15 @@ def test_trackers_receive_the_round_records(tiny, logger):
         # the metric history file of acc_mean has one line per evaluated round
         hist = [p for p in files if p.name == "acc_mean"]
         assert hist and len(hist[0].read_text().splitlines()) == len(res.records)
+
+
+def test_report_labels_a_swept_component_by_its_option_and_reads_a_stopped_run(tiny, tmp_path):
+    for schedule in ("periodic", "late"):
+        run(tiny("algorithm=dsgd", "backend=inprocess", "rounds=3", "eval.every=1", f"schedule={schedule}",
+                 f"run.dir={tmp_path}/sweep/{schedule}"))
+    (tmp_path / "sweep" / "late" / "summary.json").unlink()  # as if it had been killed before the end
+    assert report_main([str(tmp_path / "sweep")]) == 0
+    md = (tmp_path / "sweep" / "report.md").read_text()
+    assert "| schedule=periodic |" in md and "schedule._target_" not in md
+    row = next(line for line in md.splitlines() if line.startswith("| schedule=late"))
+    assert "(stopped at round 3)" in row and "—" not in row.split("|")[2]  # its last record's accuracy

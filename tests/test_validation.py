@@ -16,7 +16,7 @@ from dimat import ConfigError, run
 BAD = [
     (["agents=1"], "at least 2 agents"),
     (["topology=erdos_renyi", "topology.p=0"], "use a larger p"),
-    (["topology=edgelist", "topology.path=EDGES"], "has 3 nodes but agents=4"),
+    (["topology=edgelist", "topology.path=EDGES"], "numbers agents up to 2"),
     (["partition=dirichlet", "partition.alpha=0"], "alpha"),
     (["agents=600"], "more data"),
     (["data=mnist", "data.root=/nonexistent/mnist"], "/nonexistent/mnist"),

@@ -120,7 +120,9 @@ def edgelist(n: int, path: str | None = None) -> nx.Graph:
         raise TopologyError(f"edge list {path} has no edges: add 'i j' lines")
     found = max(g.nodes) + 1
     if found != n:
-        raise TopologyError(f"edge list {path} has {found} nodes but agents={n}: set agents={found} or fix the file")
+        raise TopologyError(f"edge list {path} numbers agents up to {found - 1} ({g.number_of_nodes()} named), but "
+                            f"agents={n} asks for agents 0..{n - 1}: fix the file, or set agents={found} if it "
+                            f"describes {found} agents")
     g.add_nodes_from(range(n))  # ids missing from the file become isolated agents, caught by validation
     return g
 

@@ -46,6 +46,8 @@ def _conv_norm(norm: str, groups: int | None) -> str:
 
 def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (128, 128), width: int = 1) -> MLP:
     """Flatten → (Linear → ReLU) per hidden size × ``width`` → Linear(num_classes)."""
+    if any(int(h) < 1 for h in hidden):
+        raise ModelError(f"mlp: hidden={list(hidden)} needs every layer >= 1 unit")
     return MLP(math.prod(_shape(input_shape, num_classes, width)), num_classes, [h * width for h in hidden])
 
 

@@ -137,6 +137,9 @@ def initial_states(source: str, n: int, model: torch.nn.Module, warn=print) -> l
     if not candidates and ((folder / "config.yaml").exists() or (folder / "checkpoint.tmp").exists()):
         raise ValueError(f"init_from={source}: this dimat run has no complete checkpoint (was it run with "
                          "run.checkpoint_every=0, or stopped before its first one?): rerun it with checkpoints")
+    if not candidates and not any(folder.glob("agent_*.pt")):
+        raise ValueError(f"init_from={source}: {folder} is neither a dimat run folder (config.yaml and checkpoint/) "
+                         "nor a folder of agent_<i>.pt state dicts: give one of those")
     if not candidates:
         candidates = [folder]
     errors = []

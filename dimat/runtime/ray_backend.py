@@ -153,7 +153,7 @@ def start_local_ray(num_cpus: int | None) -> bool:
             _node_ip_address="127.0.0.1",
             logging_level=logging.WARNING,
             log_to_driver=True,
-            _system_config=SYSTEM_CONFIG,
+            _system_config=dict(SYSTEM_CONFIG),  # a copy: ray.init adds to it (a second init would warn)
         )
     return before
 

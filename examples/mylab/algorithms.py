@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from dimat.algorithms import Algorithm
+from dimat.flat import as_tensor
 
 
 class TrimmedMean(Algorithm):
@@ -21,6 +22,7 @@ class TrimmedMean(Algorithm):
         self.trim = trim
 
     def combine(self, agent, self_weight, received):
-        stack = torch.stack([agent.vec.detach()] + [torch.as_tensor(r.state).to(agent.vec) for r in received])
+        # a neighbour's state may be read-only memory (Ray's object store): as_tensor reads it without a copy
+        stack = torch.stack([agent.vec.detach()] + [as_tensor(r.state).to(agent.vec) for r in received])
         k = min(self.trim, (len(stack) - 1) // 2)  # never trim every value away
         agent.vec.copy_(stack.sort(dim=0).values[k : len(stack) - k].mean(0))

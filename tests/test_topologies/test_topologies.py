@@ -151,7 +151,7 @@ def test_edgelist(tmp_path) -> None:
     filed = build("edgelist", 4, path=str(f), weights="file")
     assert filed.W[2, 3] == filed.W[3, 2] == 0.2 and filed.doubly_stochastic
     assert filed.W[2, 2] == pytest.approx(0.3) and filed.W[3, 3] == pytest.approx(0.8)
-    with pytest.raises(TopologyError, match=rf"edge list {f} has 4 nodes but agents=5: set agents=4 or fix the file"):
+    with pytest.raises(TopologyError, match=rf"edge list {f} numbers agents up to 3 \(4 named\), but agents=5 asks for agents 0..4: fix the file, or set agents=4"):
         build("edgelist", 5, path=str(f))
     with pytest.raises(TopologyError, match="not found"):
         build("edgelist", 4, path=str(tmp_path / "missing.txt"))
