@@ -237,15 +237,20 @@ def rounds_study(a) -> None:
         for method in ("average", "weight", "activation"):
             with tempfile.TemporaryDirectory() as tmp:
                 res = dimat.run(dimat.compose([f"experiment={preset}", f"merge={method}", f"rounds={a.rounds}",
-                                               "run.progress=false", "backend=inprocess", f"run.dir={tmp}/run"]))
-                curves[method] = [(r["round"], r["acc_mean"]) for r in res.records if r.get("acc_mean") is not None]
-        rounds = sorted({r for c in curves.values() for r, _ in c})
-        lines += [f"### experiment={preset}, accuracy (mean over agents, full test set) after each round", "",
-                  "| merge | " + " | ".join(f"round {r}" for r in rounds) + " |", "|" + "---|" * (len(rounds) + 1)]
+                                               "eval.every=1", "eval.before_merge=true", "run.progress=false",
+                                               "backend=inprocess", f"run.dir={tmp}/run"]))
+                curves[method] = {r["round"]: (r["acc_before_merge"], r["acc_mean"]) for r in res.records
+                                  if r.get("acc_mean") is not None}
+                curves[method]["global"] = res.summary.get("final_acc_global_merge")
+        rounds = sorted(r for r in curves["average"] if r != "global")
+        lines += [f"### experiment={preset}: the agents' mean accuracy before → after each round's merge "
+                  f"(2,000 test images; the last round and the final global merge: all 10,000)", "",
+                  "| merge | " + " | ".join(f"round {r}" for r in rounds) + " | global merge |",
+                  "|" + "---|" * (len(rounds) + 2)]
         for method, c in curves.items():
-            got = dict(c)
-            lines.append(f"| {method} | " + " | ".join(f"{100 * got[r]:.1f}%" if r in got else "—" for r in rounds)
-                         + " |")
+            cells = [f"{100 * c[r][0]:.1f} → {100 * c[r][1]:.1f}%" for r in rounds]
+            glob = c["global"]
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {'—' if glob is None else f'{100 * glob:.1f}%'} |")
         lines.append("")
     write(a.out, "rounds", lines)
 
