@@ -113,7 +113,8 @@ class Labels:
         ra, rb = self.find(a.reshape(-1).numpy()), self.find(b.reshape(-1).numpy())
         differ = ra != rb
         if differ.any():
-            for x, y in np.unique(np.stack([ra[differ], rb[differ]], 1), axis=0):
+            pairs = np.unique(ra[differ] * (1 << 32) + rb[differ])  # one int64 per pair: a 1-d sort
+            for x, y in zip(pairs >> 32, pairs & ((1 << 32) - 1)):
                 x, y = self.root(int(x)), self.root(int(y))
                 kx, ky = self.kind[x], self.kind[y]
                 if x != NONE and y != NONE and {int(kx), int(ky)} == {UNIT, BLOCK}:
