@@ -106,20 +106,29 @@ def start_ray_early(cfg: DictConfig) -> bool:
     return True
 
 
-def _stopped(run_dir: Path, out: Path, message: str, code: int, resumable: bool = True) -> None:
-    """A run stopped part way (Ctrl-C, a host that failed, a full disk): one line saying why and whether it can
-    be resumed; a folder with nothing in it is removed."""
+def _stopped(run_dir: Path, out: Path, message: str, code: int, *, resumable: bool = True,
+             keep: bool = False) -> None:
+    """A run stopped part way (Ctrl-C, a host that failed, a full disk, divergence): one line saying why and
+    whether it can be resumed. A new run stopped before its first checkpoint leaves nothing (unless `keep`: a
+    resumed run's folder, a diverged run's records): the files it wrote are removed, and the folder where that
+    empties it."""
+    import shutil
+
+    from dimat.experiment import RUN_FILES
     from dimat.runtime import checkpoint
 
     _remove_empty(out)
-    if run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
-    if not resumable:
-        pass
-    elif checkpoint.newest_complete(run_dir)[0] is not None:
+    can_resume = checkpoint.newest_complete(run_dir)[0] is not None
+    if not can_resume and not keep and run_dir.is_dir():
+        for name in (*RUN_FILES, "checkpoint.tmp"):
+            path = run_dir / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()
+    if resumable and can_resume:
         message += f"; resume with: python -m dimat resume={run_dir}"
-    elif run_dir.exists():
-        message += f"; {run_dir} has no checkpoint yet: start it again"
+    elif resumable and not keep:
+        message += "; it had no checkpoint yet, so nothing was kept: start it again"
     print(message, file=sys.stderr)
     prestart.abandon(code)
 
@@ -147,16 +156,16 @@ def _app(cfg: DictConfig) -> float | None:
     except ConfigError as e:
         _fail(str(e), out)
     except KeyboardInterrupt:
-        _stopped(run_dir, out, "interrupted", 130)
+        _stopped(run_dir, out, "interrupted", 130, keep=resume)
     except HostFailure as e:
-        _stopped(run_dir, out, f"error: {e} (raise backend.timeout_s, or see the host's log)", 2)
+        _stopped(run_dir, out, f"error: {e} (raise backend.timeout_s, or see the host's log)", 2, keep=resume)
     except Diverged as e:
-        _stopped(run_dir, out, f"error: {e}", 2, resumable=False)
+        _stopped(run_dir, out, f"error: {e}", 2, resumable=False, keep=True)  # its records show how
     except OSError as e:
         if e.errno != errno.ENOSPC and not disk_full(run_dir if run_dir.exists() else run_dir.parent):
             raise
         _stopped(run_dir, out, f"error: no space left on the device of {e.filename or run_dir}: free some or give a "
-                 "run.dir on another disk", 2)
+                 "run.dir on another disk", 2, keep=resume)
     _remove_empty(out)  # Hydra's folder, when the run used another (resume=, run.dir=)
     return result.summary.get("final_acc_mean")
 

@@ -92,8 +92,12 @@ def _import(group: str, target: str) -> Any:
         if not hasattr(obj, name):
             names = [n for n in dir(obj) if not n.startswith("_")]
             names += [m.name for m in pkgutil.iter_modules(obj.__path__)] if hasattr(obj, "__path__") else []
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f" did you mean {close[0]}?" if close else ""
+            lower: dict[str, list[str]] = {}  # case-insensitive (Vitt -> ViT), the same first-letter case first
+            for n in names:
+                lower.setdefault(n.lower(), []).append(n)
+            close = difflib.get_close_matches(name.lower(), list(lower), n=1)
+            pick = sorted(lower[close[0]], key=lambda n: n[0].isupper() != name[0].isupper())[0] if close else None
+            hint = f" did you mean {pick}?" if pick else ""
             raise ConfigError(f"{group}._target_={target}: {where} has no {name}:{hint} check the name")
         obj, where = getattr(obj, name), f"{where}.{name}"
     return obj

@@ -91,6 +91,7 @@ def test_the_checkpoint_falls_back_to_the_previous_one(phase_one, tiny, tmp_path
 
 @pytest.mark.parametrize("make, expected", [
     (lambda d, sds: None, "no such folder"),
+    (lambda d, sds: (d / "notes.txt").write_text("x"), "neither a dimat run folder .* nor a folder of agent_"),
     (lambda d, sds: [torch.save(sd, d / f"agent_{i}.pt") for i, sd in enumerate(sds[:3])], "agents=4"),
     (lambda d, sds: [torch.save(sd, d / f"agent_{i}.pt") for i, sd in enumerate(sds)]
      + [torch.save({"x": 1}, d / "agent_1.pt")], "not a tensor"),

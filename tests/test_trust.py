@@ -159,3 +159,12 @@ def test_a_full_disk_from_the_command_line_is_one_line(tmp_path):
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert out.returncode == 2 and len(lines) == 1 and "no space left" in lines[0], out.stderr
     assert not (tmp_path / "run" / "checkpoint.tmp").exists()
+
+
+def test_a_host_that_does_not_answer_is_one_line_and_leaves_nothing(tmp_path):
+    p = _cli(["backend.timeout_s=0.001", "agents=2", "rounds=1", "run.progress=false", f"run.dir={tmp_path}/run"],
+             tmp_path)
+    _, err = p.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "backend.timeout_s" in lines[0], err
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob("outputs/*/*"))

@@ -38,6 +38,8 @@ BAD = [
     (["schedule.p1=0.99"], "schedule.p1 is not an option"),
     (["model=custom"], "model._target_ is missing"),
     (["schedule._target_=no.such.X"], "schedule._target_=no.such.X cannot be imported"),
+    (["model=custom", "model._target_=dimat.models.Vitt"], "dimat.models has no Vitt: did you mean ViT"),
+    (["model=custom", "model._target_=dimat.modelz.cnn"], "dimat has no modelz: did you mean models"),
     (["model._target_=torch.nn.Linear"], "model.hidden is not an argument of torch.nn.Linear"),
     (["algorithm=local", "budget.bytes=1e6"], "does not communicate"),
     (["algorithm=local", "schedule=late"], "does not communicate"),

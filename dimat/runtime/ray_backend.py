@@ -240,7 +240,12 @@ class Started:
             self.bundle = {"CPU": self.cpus_each, **({"GPU": gpus_each} if self.device == "cuda" else {})}
             self.pg = placement_group([self.bundle] * len(self.groups),
                                       strategy={"pack": "PACK", "spread": "SPREAD"}[placement])
-            ray.get(self.pg.ready(), timeout=timeout_s)
+            try:
+                ray.get(self.pg.ready(), timeout=timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                raise ValueError(f"Ray did not reserve the run's {len(self.groups)} actor slots of {self.bundle} "
+                                 f"within backend.timeout_s={timeout_s:g}s: raise backend.timeout_s, or ask for "
+                                 "fewer CPUs or GPUs per actor") from None
             self.hosts = [self.start(h) for h in range(len(self.groups))]
         except BaseException:
             self.shutdown()  # nothing left behind: no actors, no placement group, no Ray of ours
