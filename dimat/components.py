@@ -35,7 +35,7 @@ from dimat.runtime.base import machine_cpus
 from dimat.flat import FlatLayout
 from dimat.runtime import checkpoint
 from dimat.runtime.host import HostSpec, build_agent_model
-from dimat.schedule import Ledger, Schedule
+from dimat.schedule import Periodic, Ledger, Schedule
 
 DEFAULT_MERGE = asdict(MergeConf())
 DEFAULT_SCHEDULE = {k: v for k, v in asdict(PeriodicConf()).items()}
@@ -360,6 +360,33 @@ def _dataset(c: dict, given: Dataset | Callable | None) -> Dataset:
                 test_samples=d.get("test_samples"), seed=c["seed"])
 
 
+def _compressor(c: dict, algo: Algorithm, layout) -> Any:
+    """The compressor of every gossip message (None: plain float32 messages), checked against the algorithm."""
+    from dimat.compress import Compressor
+
+    comp = call("compress", factory("compress", c["compress"]))
+    if not isinstance(comp, Compressor):
+        raise ConfigError(f"compress: {c['compress'].get('_target_')} built a {type(comp).__name__}, not a "
+                          "dimat.compress.Compressor")
+    if comp.name == "none" and type(comp) is Compressor:
+        return None
+    label = f"compress={comp.name}"
+    if not algo.communicates:
+        raise ConfigError(f"{label}: algorithm={algo.label} sends nothing to compress: drop compress")
+    other = sorted({p.kind for p in algo.phases} - {"gossip"})
+    if other:
+        raise ConfigError(f"{label}: algorithm={algo.label} has {other[0]} phases, and compression applies to "
+                          "gossip messages: use a gossip algorithm (dsgd, choco, gt, d2, qgm, sgp, cdsgd, dimat)")
+    problem = algo.compress_problem()
+    if problem:
+        raise ConfigError(f"{label}: {problem}")
+    algo.compressed = True
+    if c["final_merge"]["rounds"]:
+        raise ConfigError(f"{label}: final_merge.rounds gossips whole states after training: drop one of them")
+    call("compress", comp.setup, layout.shapes)
+    return comp
+
+
 def _source_init(folder: Path) -> str | None:
     """`init` of the dimat run in `folder` (None: not a run, or its config does not say)."""
     try:
@@ -502,7 +529,9 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | Callab
         call("backend", check_vectorizable, layout, algo.optimizer["name"])
     backend = factory("backend", b, runtime=("spec", "dataset", "parts"))
     labels["backend"] = getattr(_target_class(backend), "name", None) or _name(backend).rsplit(".", 1)[-1]
-    state_bytes = 4 * algo.payload_floats(layout)
+    compressor = _compressor(c, algo, layout)
+    host = replace(host, compressor=compressor)
+    state_bytes = algo.payload_bytes(layout, compressor)
     schedule = None
     if algo.communicates:
         sched = call("schedule", factory("schedule", c["schedule"]))
@@ -518,6 +547,14 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | Callab
                               f"but algorithm={algo.label} needs column-stochastic (push-sum) weights: use a "
                               "schedule that keeps the topology's weights")
         budget = c["budget"]
+        if getattr(algo, "every_edge", False):  # public copies (choco): every neighbour hears every message
+            why = ("a schedule that picks edges" if type(sched) is not Periodic else
+                   "a byte or exchange budget" if budget["bytes"] or budget["exchanges"] else
+                   "a time-varying topology" if isinstance(topo, topologies.TimeVarying) else None)
+            if why:
+                raise ConfigError(f"algorithm={algo.label} keeps public copies that every neighbour must update "
+                                  f"alike, so each exchange reaches every edge: {why} breaks that; use "
+                                  "schedule=periodic (schedule.every spaces the exchanges), no budget, a fixed graph")
         schedule = call("budget", Ledger, sched, state_bytes, bytes=budget["bytes"], exchanges=budget["exchanges"],
                         seed=c["seed"])
         host = replace(host, track_sent="drift" in sched.needs)

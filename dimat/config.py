@@ -293,6 +293,12 @@ class DsgdConf(ExchangingConf):
 
 
 @dataclass
+class ChocoConf(ExchangingConf):
+    _target_: str = "dimat.algorithms.Choco"
+    gamma: float = 1.0  # the consensus step size in (0, 1]: shrink it as compression gets coarser
+
+
+@dataclass
 class CdsgdConf(ExchangingConf):
     _target_: str = "dimat.algorithms.Cdsgd"
 
@@ -357,6 +363,50 @@ class MergeConf:
     # REPAIR: each merged channel gets the interpolated mean and std of the merged models' (every method; the
     # final global merge too); refused where the model has no place for the correction (dimat.merge.repair)
     repair: bool = False
+
+
+# --------------------------------------------------------------------------- compress
+@dataclass
+class CompressConf:
+    """A `dimat.compress.Compressor`: how each neighbour message is encoded (none: the float32 vector)."""
+
+    _target_: str = MISSING
+    error_feedback: bool = False  # send later what compression dropped (a memory per sender; lossy ones only)
+
+
+@dataclass
+class NoneCompressConf(CompressConf):
+    _target_: str = "dimat.compress.Compressor"
+
+
+@dataclass
+class TopkConf(CompressConf):
+    _target_: str = "dimat.compress.TopK"
+    ratio: float = 0.01  # the share of coordinates sent: the largest in magnitude, with their indices
+
+
+@dataclass
+class RandomkConf(CompressConf):
+    _target_: str = "dimat.compress.RandomK"
+    ratio: float = 0.01  # the share of coordinates sent, at indices drawn from a seed sent along
+
+
+@dataclass
+class QsgdConf(CompressConf):
+    _target_: str = "dimat.compress.QSGD"
+    bits: int = 4  # bits per coordinate: 2, 4, 8 (32: the float32 vector)
+    bucket: int = 512  # coordinates that share one norm (QSGD's bucketing)
+
+
+@dataclass
+class SignConf(CompressConf):
+    _target_: str = "dimat.compress.Sign"
+
+
+@dataclass
+class LowrankConf(CompressConf):
+    _target_: str = "dimat.compress.LowRank"
+    rank: int = 4  # rank of each matrix-shaped tensor's approximation (PowerSGD's step)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -526,6 +576,7 @@ class Config:
     topology: Any = MISSING
     algorithm: Any = MISSING
     merge: MergeConf = field(default_factory=MergeConf)
+    compress: Any = MISSING
     schedule: Any = MISSING
     budget: BudgetConf = field(default_factory=BudgetConf)
     backend: Any = MISSING
@@ -544,12 +595,14 @@ SCHEMAS: dict[str, dict[str, type]] = {
                  "exponential": ExponentialConf, "torus": TorusConf, "erdos_renyi": ErdosRenyiConf,
                  "small_world": SmallWorldConf, "edgelist": EdgelistConf,
                  "one_peer_exponential": OnePeerExponentialConf},
-    "algorithm": {"dimat": DimatConf, "dsgd": DsgdConf, "cdsgd": CdsgdConf, "cdmsgd": CdmsgdConf, "sgp": SgpConf,
+    "algorithm": {"dimat": DimatConf, "dsgd": DsgdConf, "choco": ChocoConf, "cdsgd": CdsgdConf, "cdmsgd": CdmsgdConf, "sgp": SgpConf,
                   "cga": CgaConf, "gt": GtConf, "d2": D2Conf, "qgm": QgmConf, "fedavg": FedavgConf,
                   "local": LocalConf, "centralized": CentralizedConf, "base": ExchangingConf},
     "schedule": {"periodic": PeriodicConf, "late": LateConf, "window": WindowConf, "ramp": RampConf,
                  "final_only": FinalOnlyConf, "consensus": ConsensusConf, "event": EventConf, "degree": DegreeConf},
     "backend": {"inprocess": InProcessConf, "ray": RayConf},
+    "compress": {"none": NoneCompressConf, "topk": TopkConf, "randomk": RandomkConf, "qsgd": QsgdConf,
+                 "sign": SignConf, "lowrank": LowrankConf},
     "optimizer": {"default": OptimizerConf},
 }
 

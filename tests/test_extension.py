@@ -14,7 +14,7 @@ from dimat.agent import Agent
 from dimat.algorithms import Algorithm, Phase
 from dimat.schedule import Periodic
 
-MERGING = ["dimat", "dsgd", "cdsgd", "cdmsgd", "sgp", "cga", "gt", "d2", "qgm", "fedavg"]
+MERGING = ["dimat", "dsgd", "choco", "cdsgd", "cdmsgd", "sgp", "cga", "gt", "d2", "qgm", "fedavg"]
 
 
 @pytest.mark.parametrize("algorithm", MERGING)

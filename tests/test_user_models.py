@@ -19,7 +19,7 @@ from dimat.models import build_model
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "merge"))
 import zoo  # noqa: E402 - the test models (tests/merge/zoo.py)
 
-ALGORITHMS = ["dimat", "dsgd", "cdsgd", "cdmsgd", "sgp", "cga", "gt", "d2", "qgm", "fedavg", "local", "centralized"]
+ALGORITHMS = ["dimat", "dsgd", "choco", "cdsgd", "cdmsgd", "sgp", "cga", "gt", "d2", "qgm", "fedavg", "local", "centralized"]
 
 
 def lenet(input_shape, num_classes):

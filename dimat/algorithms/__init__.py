@@ -10,6 +10,7 @@ driver decides *when* and *with whom* (the schedule); the algorithm decides
 from __future__ import annotations
 
 from dimat.algorithms.base import SERVER, Algorithm, Phase, Received, gossip_average, optimizer_settings
+from dimat.algorithms.choco import Choco
 from dimat.algorithms.consensus import Cdmsgd, Cdsgd
 from dimat.algorithms.cross import Cga
 from dimat.algorithms.dimat import Dimat
@@ -18,7 +19,7 @@ from dimat.algorithms.push_sum import Sgp
 from dimat.algorithms.tracking import D2, Gt, Qgm
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (Dimat, Dsgd, Cdsgd, Cdmsgd, Sgp, Cga, Gt, D2, Qgm, Fedavg, Local, Centralized)
+    cls.name: cls for cls in (Dimat, Dsgd, Choco, Cdsgd, Cdmsgd, Sgp, Cga, Gt, D2, Qgm, Fedavg, Local, Centralized)
 }
 
 
@@ -30,6 +31,6 @@ def build_algorithm(name: str, **options) -> Algorithm:
 
 
 __all__ = [
-    "ALGORITHMS", "SERVER", "Algorithm", "Cdmsgd", "Cdsgd", "Centralized", "Cga", "D2", "Dimat", "Dsgd", "Fedavg", "Gt",
+    "ALGORITHMS", "SERVER", "Algorithm", "Cdmsgd", "Cdsgd", "Centralized", "Cga", "Choco", "D2", "Dimat", "Dsgd", "Fedavg", "Gt",
     "Local", "Phase", "Qgm", "Received", "Sgp", "build_algorithm", "gossip_average", "optimizer_settings",
 ]

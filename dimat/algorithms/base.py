@@ -112,6 +112,10 @@ class Algorithm:
     mixing: str = "row"  # row: the topology's W; column: its column-stochastic push-sum matrix
     uses_merge: bool = False  # takes the `merge` group's options as `merge=` (permutation merges)
     phases: tuple[Phase, ...] = (Phase(),)
+    # set by the framework when the run compresses its gossip messages (`compress=`), before `prepare`
+    compressed: bool = False
+    # every exchange must reach every edge of a fixed graph (algorithms that keep public copies)
+    every_edge: bool = False
 
     def __init__(self, *, optimizer: Mapping | None = None, opt_state: str = "keep", label_smoothing: float = 0.0,
                  clip: float | None = None):
@@ -168,6 +172,20 @@ class Algorithm:
     def payload_floats(self, layout: FlatLayout) -> int:
         """Float32 values one exchange moves along one edge, over every neighbour phase (budgets price it)."""
         return sum(self.message_floats(k, layout) for k, p in enumerate(self.phases) if p.kind != "server")
+
+    def payload_bytes(self, layout: FlatLayout, compressor=None) -> int:
+        """Bytes one exchange moves along one edge: its neighbour phases' messages, encoded by `compressor`
+        where one is given (gossip phases: see `dimat.compress`)."""
+        return sum(compressor.nbytes(self.message_floats(k, layout)) if compressor is not None and p.kind == "gossip"
+                   else 4 * self.message_floats(k, layout) for k, p in enumerate(self.phases) if p.kind != "server")
+
+    def compress_problem(self) -> str | None:
+        """Why this algorithm (with these options) cannot take compressed messages, or None."""
+        return None
+
+    def sent(self, agent: Agent, phase: int, message: np.ndarray) -> None:
+        """Called with what agent's receivers will decode from its phase-`phase` message, when messages are
+        compressed (before any of them is received): algorithms that keep public copies update theirs."""
 
     # -- checkpoints -------------------------------------------------------
     def agent_state(self, index: int) -> dict:

@@ -28,6 +28,7 @@ import torch
 from dimat import merge as mergelib
 from dimat.agent import Agent
 from dimat.algorithms.base import Algorithm, Received
+from dimat.algorithms.public import PublicCopies
 from dimat.algorithms.tracking import GradientTracking, QuasiGlobalMomentum, split, with_extra
 from dimat.flat import FlatLayout, as_tensor
 
@@ -78,6 +79,7 @@ class Dimat(Algorithm):
         self.points: list[mergelib.RepairPoint] = []  # where REPAIR corrects the merged model
         self._prev: dict[tuple[int, int], mergelib.Perm] = {}  # (agent, neighbour) -> last permutation
         self.proxy = None  # optional shared public data for matching and BN repair
+        self.public: PublicCopies | None = None  # compressed messages: the neighbours' public copies are merged
         self.tracking = GradientTracking() if self.correction == "gt" else None
         self.qgm = QuasiGlobalMomentum(self.optimizer, "algorithm.correction=qgm") if self.correction == "qgm" else None
 
@@ -86,7 +88,19 @@ class Dimat(Algorithm):
             idx = proxy_indices(seed, len(dataset.y_train), self.samples)
             self.proxy = torch.from_numpy(dataset.x_train[idx]).to(device)
 
+    @property
+    def every_edge(self) -> bool:  # public copies need every neighbour to hear every message
+        return self.compressed
+
+    def compress_problem(self) -> str | None:
+        if self.correction != "none":
+            return (f"algorithm=dimat with correction={self.correction} sends more than its model; compressed "
+                    "messages carry the model alone: use algorithm.correction=none")
+        return None
+
     def prepare(self, agent: Agent, example: torch.Tensor) -> None:
+        if self.compressed and self.public is None:
+            self.public = PublicCopies()
         if self.tracking is not None:
             self.tracking.attach(agent)
         if self.qgm is not None:
@@ -105,6 +119,8 @@ class Dimat(Algorithm):
         return layout.size + (layout.n_params if self.tracking is not None else 0)
 
     def payload(self, agent: Agent):
+        if self.public is not None:  # the compressed difference to the agent's public copy
+            return self.public.payload(agent)
         if self.tracking is None:
             return super().payload(agent)
         return with_extra(agent, self.tracking.direction(agent))
@@ -113,9 +129,15 @@ class Dimat(Algorithm):
         if self.qgm is not None:
             self.qgm.before_train(agent)
 
+    def sent(self, agent: Agent, phase: int, message) -> None:
+        if self.public is not None:
+            self.public.sent(agent, message)
+
     def agent_state(self, index: int) -> dict:
         # the warm-start permutations, keyed by neighbour (strings: checkpoint-friendly)
         out = {"perms": {str(j): dict(p) for (i, j), p in self._prev.items() if i == index}}
+        if self.public is not None:
+            out["public"] = self.public.state(index)
         if self.tracking is not None:
             out["gt"] = self.tracking.state(index)
         if self.qgm is not None:
@@ -124,6 +146,8 @@ class Dimat(Algorithm):
 
     def load_agent_state(self, index: int, state: dict) -> None:
         self._prev.update({(index, int(j)): dict(p) for j, p in state["perms"].items()})
+        if self.public is not None:
+            self.public.load(index, state["public"])
         if self.tracking is not None:
             self.tracking.load(index, state["gt"])
         if self.qgm is not None:
@@ -164,6 +188,8 @@ class Dimat(Algorithm):
         return agent.local_samples(self.samples)
 
     def combine(self, agent: Agent, self_weight: float, received: list[Received]) -> None:
+        if self.public is not None:  # merge with the neighbours' public copies, advanced by their messages
+            received = self.public.receive(agent, received)
         dirs: list[Received] = []
         if self.tracking is not None:
             received, dirs = split(received, agent.layout.size)

@@ -37,6 +37,10 @@ def save_agents(host, folder: str) -> None:
         snap["algorithm"] = host.algorithm.agent_state(i)
         if host.spec.track_sent:
             snap["last_sent"] = torch.from_numpy(host.last_sent[i].copy())
+        if host.codec is not None:  # its generator and error-feedback memory
+            codec = host.codec.state(i)
+            snap["codec"] = {"rng": codec["rng"], "memory": None if codec["memory"] is None
+                             else torch.from_numpy(codec["memory"])}
         save_atomic(snap, Path(folder) / f"agent_{i}.pt")
 
 
@@ -48,6 +52,10 @@ def restore_agents(host, folder: str) -> None:
         host.algorithm.load_agent_state(i, snap["algorithm"])
         if host.spec.track_sent:
             host.last_sent[i] = snap["last_sent"].numpy().copy()
+        if host.codec is not None:
+            codec = snap["codec"]
+            host.codec.load(i, {"rng": codec["rng"], "memory": None if codec["memory"] is None
+                                else codec["memory"].numpy()})
 
 
 # --------------------------------------------------------------------------- driver side

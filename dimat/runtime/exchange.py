@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dimat.algorithms.base import SERVER, Algorithm, Received
+from dimat.compress import message_nbytes
 from dimat.runtime.ops import rolled_back
 
 Rows = dict[int, tuple[float, list[tuple[int, float]]]]  # receiver -> (self weight, [(source, weight)])
@@ -40,22 +41,34 @@ def _algorithm(host, plain: bool):
 
 
 # --------------------------------------------------------------------------- host side
+def _encoded(host, k: int, plain: bool) -> bool:
+    """Whether phase k's messages travel encoded by the host's compressor (gossip phases of the algorithm)."""
+    return host.codec is not None and not plain and _algorithm(host, plain).phases[k].kind == "gossip"
+
+
 def _messages(host, k: int, ids, plain: bool = False) -> dict[int, np.ndarray]:
-    """Phase k's messages of the hosted agents `ids`, as contiguous float32 arrays. They may be read-only
-    views of the agents' live states (the default payload is): whatever must outlast a change to an agent
-    is copied by the caller, once (`host.put`, `host.snapshot`)."""
+    """Phase k's messages of the hosted agents `ids`, as contiguous float32 arrays -- or, where messages are
+    compressed, as encoded messages (dicts of arrays; the algorithm hears what will be decoded from them,
+    `Algorithm.sent`). Plain ones may be read-only views of the agents' live states (the default payload
+    is): whatever must outlast a change to an agent is copied by the caller, once (`host.put`,
+    `host.snapshot`)."""
     algo = _algorithm(host, plain)
     send = getattr(algo, algo.phases[k].send)
-    out = {}
+    encode = _encoded(host, k, plain)
+    out, sent = {}, {}
     for i in ids:
         msg = np.ascontiguousarray(send(host.agents[i]), dtype=np.float32)
         expected = algo.message_floats(k, host.agents[i].layout)
         if msg.ndim != 1 or msg.size != expected:
             raise ValueError(f"{algo.label}.{algo.phases[k].send} made a message of shape {msg.shape}; "
                              f"message_floats({k}) declares {expected} float32 values")
-        out[i] = msg
+        if encode:
+            out[i], sent[i] = host.codec.send(i, msg)
+            algo.sent(host.agents[i], k, sent[i])
+        else:
+            out[i] = sent[i] = msg
     if host.spec.track_sent and not plain:
-        host.last_sent.update({i: v[: host.agents[i].layout.size].copy() for i, v in out.items()})
+        host.last_sent.update({i: v[: host.agents[i].layout.size].copy() for i, v in sent.items()})
     return out
 
 
@@ -89,11 +102,23 @@ def _receive(host, k: int, rows: Rows, inbox: dict, plain: bool = False) -> dict
         host.received.clear()
     ids = list(host.agents) if phase.every_agent else [i for i in rows if i in host.agents]
     transfers, replies, back, merge_s = [], {}, [], 0.0
+    decoded: dict = {}  # an encoded message is decoded once per host, however many of its agents read it
+    n = algo.message_floats(k, host.layout()) if _encoded(host, k, plain) else 0
+
+    def message(key):
+        wire = inbox[key]
+        if not isinstance(wire, dict):
+            return wire
+        if key not in decoded:
+            decoded[key] = host.codec.decode(wire, n)
+        return decoded[key]
+
     for i in ids:
         a = host.agents[i]
         self_w, row = rows.get(i, (1.0, []))
-        received = [Received(j, inbox[(j, i) if phase.kind == "reply" else j], w) for j, w in row]
-        transfers += [(r.source, i, int(r.state.nbytes)) for r in received]
+        keys = [(j, i) if phase.kind == "reply" else j for j, _ in row]
+        transfers += [(j, i, message_nbytes(inbox[key])) for (j, _), key in zip(row, keys)]
+        received = [Received(j, message(key), w) for (j, w), key in zip(row, keys)]
         if received:
             host.received.add(i)
         good = None
@@ -139,7 +164,14 @@ def exchange_p2p(host, plans: list[tuple[Rows, dict, dict]], plain: bool = False
             outgoing = {j: host.snapshot((k, j), v) for j, v in made.items()}  # local receivers merge in place
         else:  # the previous phase's replies: local ones directly, the others by message
             outgoing = replies
-        res = _receive(host, k, rows, {**outgoing, **p2p.swap(outgoing, send_to, recv_from, size, host.device)}, plain)
+        if _encoded(host, k, plain):  # encoded messages travel as one byte buffer each, of a size fixed by n
+            c = host.codec.compressor
+            wire = {j: c.pack(v, size) for j, v in outgoing.items()}
+            got = p2p.swap(wire, send_to, recv_from, c.nbytes(size), host.device, dtype=np.uint8)
+            arrived = {j: c.unpack(buf, size) for j, buf in got.items()}
+        else:
+            arrived = p2p.swap(outgoing, send_to, recv_from, size, host.device)
+        res = _receive(host, k, rows, {**outgoing, **arrived}, plain)
         replies = res.pop("replies")
         total["transfers"] += res["transfers"]
         total["merge_s"] += res["merge_s"]

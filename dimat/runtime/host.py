@@ -33,6 +33,7 @@ class HostSpec:
     eval_batch_size: int = 256
     eval_index: np.ndarray | None = None  # the test samples evaluated during the run (None: all)
     track_sent: bool = False  # keep each agent's last sent state (schedules that measure "drift")
+    compressor: Any = None  # a dimat.compress.Compressor encoding every gossip message (None: plain float32)
 
 
 def agent_seed(seed: int, index: int) -> int:
@@ -59,6 +60,7 @@ class AgentHost:
         self.spec, self.dataset, self.transport = spec, dataset, transport
         self.timeout_s, self.device = timeout_s, device
         self.algorithm = spec.algorithm()
+        self.algorithm.compressed = spec.compressor is not None
         self.algorithm.start(dataset, spec.seed, device)
         example = torch.from_numpy(dataset.x_train[:2].copy()).to(device)
         self.agents: dict[int, Agent] = {}
@@ -73,6 +75,11 @@ class AgentHost:
             from dimat.runtime.vectorized import AgentGroup
 
             self.group = AgentGroup(list(self.agents.values()))
+        self.codec = None  # encoding of gossip messages (dimat.compress): per sending agent, its memory
+        if spec.compressor is not None:
+            from dimat.compress import Codec
+
+            self.codec = Codec(spec.compressor, spec.seed, list(self.agents), self.layout().shapes)
         # the state each agent last sent, kept only for schedules that measure drift (one model per agent)
         self.last_sent = {i: a.state().copy() for i, a in self.agents.items()} if spec.track_sent else {}
         self.received: set[int] = set()  # agents that received messages in the current exchange
@@ -95,7 +102,8 @@ class AgentHost:
             import ray
 
             return {k: ray.put(v) for k, v in arrays.items()}
-        return {k: np.array(v) for k, v in arrays.items()}
+        # an encoded message (a dict of fresh arrays) is no view of a live state: it needs no copy
+        return {k: v if isinstance(v, dict) else np.array(v) for k, v in arrays.items()}
 
     def fetch(self, handles: dict) -> dict:
         if self.transport == "ray" and handles:
@@ -107,7 +115,9 @@ class AgentHost:
 
     def snapshot(self, key, array: np.ndarray) -> np.ndarray:
         """A read-only copy of `array` in a buffer reused for `key` at every exchange: no fresh pages to
-        fault in, which costs more than the copy itself at a few MB."""
+        fault in, which costs more than the copy itself at a few MB. (An encoded message is fresh already.)"""
+        if isinstance(array, dict):
+            return array
         buf = self._buffers.get(key)
         if buf is None or buf.shape != array.shape or buf.dtype != array.dtype:
             buf = self._buffers[key] = np.empty_like(array)

@@ -103,9 +103,11 @@ def reply_plans(groups: list[list[int]], rows: Rows) -> list[tuple[dict[int, lis
     ]
 
 
-def swap(payloads: dict, send_to: dict[int, list], recv_from: dict[int, list], size: int, device: str) -> dict:
+def swap(payloads: dict, send_to: dict[int, list], recv_from: dict[int, list], size: int, device: str,
+         dtype=np.float32) -> dict:
     """Post every send and receive of this host at once; returns the received payloads by key (an agent,
-    or a (sender, receiver) pair); every payload is `size` float32 values."""
+    or a (sender, receiver) pair); every payload is `size` values of `dtype` (float32 vectors, or the uint8
+    buffers of encoded messages)."""
     import torch.distributed as dist
 
     ops, inbox = [], {}
@@ -113,7 +115,8 @@ def swap(payloads: dict, send_to: dict[int, list], recv_from: dict[int, list], s
         buf = torch.from_numpy(np.concatenate([payloads[j] for j in ids])).to(device)
         ops.append(dist.P2POp(dist.isend, buf, b))
     for a, ids in recv_from.items():
-        inbox[a] = (ids, torch.empty(len(ids) * size, dtype=torch.float32, device=device))
+        inbox[a] = (ids, torch.empty(len(ids) * size, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype,
+                                     device=device))
         ops.append(dist.P2POp(dist.irecv, inbox[a][1], a))
     if ops:
         for req in dist.batch_isend_irecv(ops):
