@@ -198,6 +198,7 @@ class Setup:
     init_states: list | None = None  # init_from: (flat vector, integer buffers) per agent
     started: float = 0.0  # time.perf_counter() when setup began (start-up = data, checks, hosts)
     notes: tuple[str, ...] = ()  # warnings for the start of the run (e.g. a model alignment cannot cover)
+    network: Any = None  # the simulated network whose clock times every round (dimat.network), or None
 
 
 def epochs_to_steps(epochs: float, parts: list[np.ndarray], batch_size: int) -> int:
@@ -387,6 +388,47 @@ def _compressor(c: dict, algo: Algorithm, layout) -> Any:
     return comp
 
 
+def _network(c: dict, algo: Algorithm, topo, model: torch.nn.Module, example: torch.Tensor, steps: int,
+             pretrain: int) -> Any:
+    """The simulated network of the run (None: network=none), its keys checked."""
+    from dimat.config import NetworkConf
+    from dimat.network import build, step_flops
+
+    nc, default = c["network"], asdict(NetworkConf())
+    if not nc["enabled"]:
+        changed = [k for k, v in nc.items() if k != "enabled" and v != default[k]]
+        if changed:
+            raise ConfigError(f"network.{changed[0]} sets a simulated network, and network=none has none: choose "
+                              "network=custom or a preset (datacenter, wan, edge)")
+        return None
+    if not algo.communicates:
+        raise ConfigError(f"network: algorithm={algo.label} sends nothing for a network clock to time: drop network")
+    if not all(0 < t <= 1 for t in nc["targets"]):
+        raise ConfigError(f"network.targets={list(nc['targets'])} are accuracies: give values in (0, 1]")
+    if nc["deadline_s"] is not None:
+        if algo.every_edge:
+            raise ConfigError(f"network.deadline_s drops late agents' messages, which algorithm={algo.label}'s public "
+                              "copies cannot miss: drop the deadline")
+        if any(p.kind != "gossip" for p in algo.phases):
+            raise ConfigError(f"network.deadline_s drops late agents' gossip messages; algorithm={algo.label} has "
+                              "other phases: drop the deadline")
+    step_s = nc["step_s"]
+    if step_s is None:
+        if nc["flops"] is None or not nc["flops"] > 0:
+            raise ConfigError("network: give network.step_s (seconds of one local step) or network.flops (the "
+                              "device's FLOP/s: a step then costs the model's counted FLOPs)")
+        step_s = step_flops(model, example, c["batch_size"]) / nc["flops"]
+    links = {}
+    graph = getattr(topo, "graph", None)
+    if graph is not None:
+        for i, j, data in graph.edges(data=True):
+            if "bandwidth" in data or "latency" in data:
+                links[(int(i), int(j))] = (data.get("bandwidth"), data.get("latency"))
+    return call("network", build, c["agents"], seed=c["seed"], bandwidth=nc["bandwidth"], latency=nc["latency"],
+                step_s=step_s, link_sigma=nc["link_sigma"], speed_sigma=nc["speed_sigma"],
+                stragglers=nc["stragglers"], slowdown=nc["slowdown"], deadline_s=nc["deadline_s"], links=links)
+
+
 def _source_init(folder: Path) -> str | None:
     """`init` of the dimat run in `folder` (None: not a run, or its config does not say)."""
     try:
@@ -558,6 +600,7 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | Callab
         schedule = call("budget", Ledger, sched, state_bytes, bytes=budget["bytes"], exchanges=budget["exchanges"],
                         seed=c["seed"])
         host = replace(host, track_sent="drift" in sched.needs)
+    network = _network(c, algo, topo, agent.model, example, steps, pretrain)
     post_topology = None
     if c["final_merge"]["rounds"]:
         name = c["final_merge"]["topology"]
@@ -567,5 +610,5 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | Callab
         schedule=schedule, steps_per_round=steps, pretrain_steps=pretrain,
         centralized=isinstance(algo, Centralized),
         state_bytes=state_bytes, model_bytes=4 * layout.size, perm_spec=perm_spec, labels=labels,
-        post_topology=post_topology, init_states=init_states, started=started, notes=tuple(notes),
+        post_topology=post_topology, init_states=init_states, started=started, notes=tuple(notes), network=network,
     )

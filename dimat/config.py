@@ -40,8 +40,8 @@ class DataConf:
     """A loader returning a `dimat.data.Dataset`; dimat then subsamples (class-stratified, seeded)."""
 
     _target_: str = MISSING
-    train_samples: int | None = None
-    test_samples: int | None = None
+    train_samples: int | None = None  # a class-stratified, seeded subsample of the training set (null: all of it)
+    test_samples: int | None = None  # likewise of the test set (the final figures are on it)
 
 
 @dataclass
@@ -77,12 +77,12 @@ class Cifar100Conf(FileDataConf):
 @dataclass
 class SyntheticConf(DataConf):
     _target_: str = "dimat.data.synthetic"
-    n_train: int = 512
-    n_test: int = 256
-    num_classes: int = 4
-    shape: list[int] = field(default_factory=lambda: [1, 8, 8])
-    noise: float = 1.0
-    seed: int = SEED
+    n_train: int = 512  # training samples
+    n_test: int = 256  # test samples
+    num_classes: int = 4  # Gaussian clusters, one per class
+    shape: list[int] = field(default_factory=lambda: [1, 8, 8])  # each sample's shape (channels, height, width)
+    noise: float = 1.0  # the clusters' standard deviation around their centres
+    seed: int = SEED  # the run's seed unless set
 
 
 # --------------------------------------------------------------------------- partition
@@ -92,7 +92,7 @@ class PartitionConf:
 
     _target_: str = MISSING
     _partial_: bool = True
-    seed: int = SEED
+    seed: int = SEED  # the run's seed unless set
 
 
 @dataclass
@@ -108,14 +108,14 @@ class ClassesConf(PartitionConf):
 @dataclass
 class DirichletConf(PartitionConf):
     _target_: str = "dimat.data.dirichlet"
-    alpha: float = 0.5
-    min_samples: int = 10
+    alpha: float = 0.5  # Dirichlet concentration: 0.1 is very skewed, 100 nearly IID
+    min_samples: int = 10  # samples reserved for every agent (uniformly at random) before the Dirichlet shares
 
 
 @dataclass
 class ShardsConf(PartitionConf):
     _target_: str = "dimat.data.shards"
-    shards_per_agent: int = 2
+    shards_per_agent: int = 2  # label-sorted shards each agent holds
 
 
 # --------------------------------------------------------------------------- model
@@ -130,13 +130,13 @@ class ModelConf:
 @dataclass
 class MlpConf(ModelConf):
     _target_: str = "dimat.models.mlp"
-    hidden: list[int] = field(default_factory=lambda: [128, 128])
-    width: int = 1
+    hidden: list[int] = field(default_factory=lambda: [128, 128])  # hidden layer sizes
+    width: int = 1  # multiplies every hidden size
 
 
 @dataclass
 class ConvConf(ModelConf):
-    width: int = 1
+    width: int = 1  # multiplies every layer's channels
     norm: str = "bn"  # bn | gn | ln (GroupNorm, one group) | none
     groups: int | None = None  # GroupNorm groups for norm=gn (default: 8, 4 or 2 dividing the channels)
 
@@ -154,7 +154,7 @@ class VitConf(ModelConf):
 @dataclass
 class MobilenetConf(ModelConf):
     _target_: str = "dimat.models.mobilenet"
-    width: int = 1
+    width: int = 1  # multiplies every layer's channels
     expand: int = 4  # inverted residuals' expansion ratio
     norm: str = "bn"  # bn | gn | ln (GroupNorm, one group) | none
 
@@ -227,24 +227,24 @@ class TorusConf(GraphConf):
 @dataclass
 class ErdosRenyiConf(GraphConf):
     _target_: str = "topologies.erdos_renyi"
-    p: float = 0.3
-    max_tries: int = 100
-    seed: int = SEED
+    p: float = 0.3  # probability of each edge
+    max_tries: int = 100  # draws until a connected graph (else refused)
+    seed: int = SEED  # the run's seed unless set
 
 
 @dataclass
 class SmallWorldConf(GraphConf):
     _target_: str = "topologies.small_world"
-    k: int = 4
-    rewire: float = 0.1
-    max_tries: int = 100
-    seed: int = SEED
+    k: int = 4  # each node joined to its k nearest neighbours on a ring
+    rewire: float = 0.1  # probability of rewiring each edge (Watts-Strogatz)
+    max_tries: int = 100  # draws until a connected graph (else refused)
+    seed: int = SEED  # the run's seed unless set
 
 
 @dataclass
 class EdgelistConf(GraphConf):
     _target_: str = "topologies.edgelist"
-    path: str = MISSING
+    path: str = MISSING  # a file of `u v [weight] [bandwidth=..] [latency=..]` lines, nodes 0..agents-1
 
 
 @dataclass
@@ -258,9 +258,9 @@ class OptimizerConf:
     """The agents' local optimizer; every algorithm that trains has one."""
 
     name: str = "msgd"  # sgd | msgd (heavy-ball momentum) | adam
-    lr: float = 0.05
+    lr: float = 0.05  # learning rate, in (0, 10]
     momentum: float | None = None  # msgd only (null: 0.9)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # L2 penalty, in [0, 1)
 
 
 @dataclass
@@ -409,6 +409,24 @@ class LowrankConf(CompressConf):
     rank: int = 4  # rank of each matrix-shaped tensor's approximation (PowerSGD's step)
 
 
+# --------------------------------------------------------------------------- network
+@dataclass
+class NetworkConf:
+    """A simulated network and fleet (`dimat.network`): every round's duration in simulated seconds."""
+
+    enabled: bool = False  # none: no clock
+    bandwidth: float = 1e9  # bit/s of each link (and of a server's)
+    latency: float = 0.0  # s of each link
+    flops: float | None = None  # device FLOP/s: a local step costs the model's counted FLOPs / flops
+    step_s: float | None = None  # or the seconds of one local step at speed 1 (instead of flops)
+    link_sigma: float = 0.0  # log-normal spread of the links' bandwidths (seeded)
+    speed_sigma: float = 0.0  # log-normal spread of the agents' compute speeds (seeded)
+    stragglers: float = 0.0  # the fraction of agents `slowdown` times slower (seeded)
+    slowdown: float = 1.0  # how many times slower a straggler computes
+    deadline_s: float | None = None  # an agent still training after it has its messages dropped that round
+    targets: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9])  # summary: when each is reached
+
+
 # --------------------------------------------------------------------------- schedule
 @dataclass
 class ScheduleConf:
@@ -474,7 +492,7 @@ class DegreeConf(ScheduleConf):
 
     _target_: str = "dimat.schedule.Degree"
     rule: str = "fixed"  # fixed | linear | cosine | slow_decrease | slow_grow | truncate | truncate_v2
-    r_start: float = 1.0
+    r_start: float = 1.0  # neighbours pulled per agent at the start (fractions: one more with that probability)
     r_end: float = 1.0  # reached at the final round by every rule but fixed
     p1: float = 0.5  # truncate: the switch; truncate_v2: the window's start
     window: float = 0.1  # truncate_v2: the window's width (progress units)
@@ -553,9 +571,9 @@ class RunConf:
 
 @dataclass
 class Config:
-    agents: int = 5
-    rounds: int = 10
-    seed: int = 0
+    agents: int = 5  # how many agents (at least 2)
+    rounds: int = 10  # rounds of local training and exchange
+    seed: int = 0  # seeds everything: inits, shards, batches, schedules, the network
     init: str = "auto"  # auto (the algorithm's own: dimat independent, others shared) | independent | shared
     pretrain_epochs: float | None = None  # null: 5 local epochs when init is independent (DIMAT's protocol), else 0
     # start agent i from agent i's weights in a run folder (its newest checkpoint) or a folder of agent_<i>.pt
@@ -563,7 +581,7 @@ class Config:
     init_from: str | None = None
     local_epochs: float | None = None  # local epochs per round (null: 1, unless local_steps is set)
     local_steps: int | None = None  # local steps per round, instead of local_epochs
-    batch_size: int = 32
+    batch_size: int = 32  # each agent's local batch
     # a round is local training then the exchange; true: the exchange first, then training (DIMAT's code: merge,
     # then train, then evaluate), so a round's record is after both
     exchange_first: bool = False
@@ -577,6 +595,7 @@ class Config:
     algorithm: Any = MISSING
     merge: MergeConf = field(default_factory=MergeConf)
     compress: Any = MISSING
+    network: NetworkConf = field(default_factory=NetworkConf)
     schedule: Any = MISSING
     budget: BudgetConf = field(default_factory=BudgetConf)
     backend: Any = MISSING

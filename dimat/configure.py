@@ -67,8 +67,9 @@ def explain(e: BaseException) -> str:
             hint = f": did you mean {guess}?" if guess else ""
             return f"{key} is not a setting of dimat{hint} (`python -m dimat --cfg job` lists them all)"
         group = parents[0]
+        custom = conf_dir() / group / "custom.yaml"
         own = (f"; for your own component: {group}=custom {group}._target_=... +{key}=..."
-               if (conf_dir() / group / "custom.yaml").is_file() else "")
+               if custom.is_file() and "_target_" in custom.read_text() else "")
         hint = f"did you mean {'.'.join(parents)}.{guess}? Otherwise " if guess else ""
         article = "an" if group[0] in "aeiou" else "a"
         return (f"{key} is not an option of this {group} ({schema}): {hint}drop it, or choose {article} {group} that "

@@ -26,6 +26,7 @@ from dimat.data import own_classes
 from dimat.flat import FlatLayout
 from dimat.loggers import build_logger
 from dimat.metrics import ByteLedger, RunWriter, accuracy, read_metrics, write_atomic
+from dimat.network import first_reached
 from dimat.progress import Display
 from dimat.runtime import checkpoint, ops
 from dimat.runtime.base import HostFailure, busy_warning
@@ -171,6 +172,8 @@ class Driver:
         self.eval_s = {False: 0.0, True: 0.0}
         self.t_start = time.perf_counter()
         self.all_rolled_back = 0  # consecutive rounds in which every agent was rolled back
+        self.network = s.network  # the simulated network's clock (dimat.network), or None
+        self.sim_time = 0.0  # simulated seconds so far
 
     def run(self, resume: bool) -> Result:
         c, R = self.c, self.c["rounds"]
@@ -189,6 +192,8 @@ class Driver:
                 self.backend.run_each(ops.load_init, [({i: states[i] for i in g},) for g in self.backend.groups])
             if self.s.pretrain_steps:
                 self.backend.run(ops.train, self.s.pretrain_steps)
+                if self.network is not None:  # the agents train alone first: on the clock too
+                    self.sim_time = self.network.round_s(self.s.pretrain_steps, [], self.alive)
             if c["run"]["checkpoint_every"]:
                 self.checkpoint(0)  # what a failed host is restored from before the first periodic checkpoint
         self.display.begin(R, start)
@@ -216,6 +221,10 @@ class Driver:
         summary["host_restarts"] = restarts
         summary["rollbacks"] = sum(len(rec.get("rolled_back") or ()) for rec in read_metrics(self.writer.dir))
         summary["threads"] = self.backend.threads
+        if self.network is not None:  # the simulated total (the final global merge is not on the clock)
+            summary["sim_time_s"] = self.sim_time
+            summary["time_to_acc"] = first_reached(self.records, c["network"]["targets"])
+            summary["late_rounds"] = sum(1 for rec in read_metrics(self.writer.dir) if rec.get("late"))
         summary["nodes"] = len(set(self.backend.run(ops.node)))
         summary["wall_s"] = time.perf_counter() - self.t_start  # the rounds, evaluation and final merge
         if self.s.started and not self.resumed:  # and everything before them: data, checks, starting the hosts
@@ -245,11 +254,17 @@ class Driver:
         rolled_back = sorted({i for i, v in losses.items() if v == float("inf")} | set(outcome.rolled_back))
         if rolled_back:
             self.display.warn(f"round {r}: agents {rolled_back} diverged and were rolled back")
+        if self.network is not None:  # the round on the simulated network's clock
+            self.sim_time += self.network.round_s(spr, outcome.phases, self.alive)
+            rec["sim_time_s"] = self.sim_time
         if due:
             self.record(rec, plan, outcome, losses, rolled_back, full=r == R)
         else:
-            if rolled_back:  # recorded whether or not the round is evaluated
-                self.writer.append({"round": r, "event": "rolled_back", "rolled_back": rolled_back})
+            events = {k: rec[k] for k in ("late",) if rec.get(k)}
+            if rolled_back:
+                events["rolled_back"] = rolled_back
+            if events:  # recorded whether or not the round is evaluated
+                self.writer.append({"round": r, "event": "+".join(sorted(events)), **events})
             self.display.tick(r)
         self.check_divergence(r, rolled_back)
 
@@ -312,6 +327,11 @@ class Driver:
             rec["eval_samples_before_merge"] = int(self.test_counts.sum())
         self.eval_s[full] += time.perf_counter() - t0
         plan = self.schedule.plan(progress, W, measured)
+        if self.network is not None and plan:  # agents still training at the deadline: their messages dropped
+            late = self.network.late(self.s.steps_per_round, self.alive)
+            if late:
+                plan = {i: [j for j in src if j not in late] for i, src in plan.items()}
+                rec["late"] = late
         rows = self.schedule.mix(W, plan)
         t0 = time.perf_counter()
         outcome = (run_exchange(backend, algo, rows, self.alive, self.sizes)
@@ -350,7 +370,7 @@ class Driver:
     def checkpoint(self, r: int) -> None:
         checkpoint.write(self.backend, self.writer.dir, {
             "round": r, "schedule": self.schedule.state() if self.schedule else {}, "bytes": self.ledger.state(),
-            "wall_s": time.perf_counter() - self.t_start,
+            "wall_s": time.perf_counter() - self.t_start, "sim_time": self.sim_time,
         })
 
     def recover(self, failure: HostFailure, r: int) -> int:
@@ -384,6 +404,7 @@ class Driver:
             self.schedule.load(driver["schedule"])
         self.ledger.load(driver["bytes"])
         self.t_start = time.perf_counter() - driver["wall_s"]
+        self.sim_time = float(driver.get("sim_time", 0.0))
         r = driver["round"]
         # records after the checkpoint are replayed: drop them from the file
         old = read_metrics(self.writer.dir) if self.writer.metrics_path.exists() else []

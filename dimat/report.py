@@ -83,11 +83,12 @@ def summary_of(run_dir: Path) -> dict:
         return {}
     last = recs[-1]
     return {"final_acc_mean": last.get("acc_mean"), "final_acc_avg_model": last.get("acc_avg_model"),
-            "bytes_total": last.get("bytes_total"), "wall_s": last.get("wall_s"), "stopped_at": last["round"]}
+            "bytes_total": last.get("bytes_total"), "sim_time_s": last.get("sim_time_s"), "wall_s": last.get("wall_s"),
+            "stopped_at": last["round"]}
 
 
 def table(runs: list[Path], names: list[str]) -> str:
-    cols = ["run", "final acc mean", "avg model", "global merge", "MiB total", "MiB/agent max", "wall s"]
+    cols = ["run", "final acc mean", "avg model", "global merge", "MiB total", "MiB/agent max", "sim s", "wall s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r, name in zip(runs, names):
         s = summary_of(r)
@@ -97,7 +98,7 @@ def table(runs: list[Path], names: list[str]) -> str:
             "| " + " | ".join([
                 name + stopped, _fmt(s.get("final_acc_mean"), True), _fmt(s.get("final_acc_avg_model"), True),
                 _fmt(s.get("final_acc_global_merge"), True), _fmt(mib(s.get("bytes_total"))),
-                _fmt(mib(s.get("bytes_per_agent_max"))), _fmt(s.get("wall_s")),
+                _fmt(mib(s.get("bytes_per_agent_max"))), _fmt(s.get("sim_time_s")), _fmt(s.get("wall_s")),
             ]) + " |"
         )
     return "\n".join(lines) + "\n"
@@ -119,13 +120,17 @@ def plots(runs: list[Path], names: list[str], out: Path) -> list[Path]:
 
     series = [read_metrics(r) for r in runs]
     made = []
-    for fname, title, x, y, xlabel, ylabel in (
+    figures = [
         ("acc_vs_round.png", "Accuracy over rounds", "round", "acc_mean", "round", "mean agent accuracy (test set)"),
         ("acc_vs_bytes.png", "Accuracy against communication", "bytes_total", "acc_mean",
          "MiB sent by all agents (cumulative)", "mean agent accuracy (test set)"),
         ("consensus_vs_round.png", "Consensus distance over rounds", "round", "consensus", "round",
          "consensus distance, mean ‖xᵢ − x̄‖² (log scale)"),
-    ):
+    ]
+    if any("sim_time_s" in r for recs in series for r in recs):  # runs on a simulated network (network=...)
+        figures.insert(2, ("acc_vs_time.png", "Accuracy against simulated time", "sim_time_s", "acc_mean",
+                           "simulated seconds (network clock)", "mean agent accuracy (test set)"))
+    for fname, title, x, y, xlabel, ylabel in figures:
         fig, ax = plt.subplots(figsize=(7.5, 4.2))
         for k, (recs, name) in enumerate(zip(series, names)):
             pts = [(r[x], r[y]) for r in recs if r.get(y) is not None and r.get(x) is not None]
@@ -147,8 +152,7 @@ def plots(runs: list[Path], names: list[str], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=110, bbox_inches="tight")
+        fig.savefig(out / fname, dpi=110, bbox_inches="tight")  # the box grows to hold the legend
         plt.close(fig)
         made.append(out / fname)
     return made

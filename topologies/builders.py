@@ -106,13 +106,22 @@ def edgelist(n: int, path: str | None = None) -> nx.Graph:
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
+        named = [f for f in fields if "=" in f]  # link attributes: bandwidth=<bit/s> latency=<s> (network clock)
+        fields = [f for f in fields if "=" not in f]
         try:
             if len(fields) not in (2, 3):
                 raise ValueError
             i, j = int(fields[0]), int(fields[1])
             attrs = {"weight": float(fields[2])} if len(fields) == 3 else {}
+            for item in named:
+                key, value = item.split("=", 1)
+                if key not in ("bandwidth", "latency"):
+                    raise TopologyError(f"edge list {path}:{lineno}: {key}= is not a link attribute: use bandwidth= "
+                                        "(bit/s) or latency= (s)")
+                attrs[key] = float(value)
         except ValueError:
-            raise TopologyError(f"edge list {path}:{lineno}: expected 'i j' or 'i j w', got {line.strip()!r}") from None
+            raise TopologyError(f"edge list {path}:{lineno}: expected 'i j', 'i j w' and optional bandwidth=B "
+                                f"latency=L, got {line.strip()!r}") from None
         if i < 0 or j < 0 or i == j:
             raise TopologyError(f"edge list {path}:{lineno}: need two distinct 0-based agent ids, got {i} {j}")
         g.add_edge(i, j, **attrs)

@@ -154,7 +154,7 @@ def exchange_p2p(host, plans: list[tuple[Rows, dict, dict]], plain: bool = False
     from dimat.runtime import p2p
 
     algo, layout = _algorithm(host, plain), host.layout()
-    total = {"transfers": [], "merge_s": 0.0, "rolled_back": []}
+    total = {"transfers": [], "merge_s": 0.0, "rolled_back": [], "phases": []}
     replies: dict = {}
     for k, (rows, send_to, recv_from) in enumerate(plans):
         size = algo.message_floats(k, layout)
@@ -173,6 +173,7 @@ def exchange_p2p(host, plans: list[tuple[Rows, dict, dict]], plain: bool = False
             arrived = p2p.swap(outgoing, send_to, recv_from, size, host.device)
         res = _receive(host, k, rows, {**outgoing, **arrived}, plain)
         replies = res.pop("replies")
+        total["phases"].append(res["transfers"])
         total["transfers"] += res["transfers"]
         total["merge_s"] += res["merge_s"]
         total["rolled_back"] += res["rolled_back"]
@@ -182,13 +183,24 @@ def exchange_p2p(host, plans: list[tuple[Rows, dict, dict]], plain: bool = False
 # --------------------------------------------------------------------------- driver side
 @dataclass
 class Outcome:
-    """What one exchange did: (source, destination, bytes) transfers, handler time, agents rolled back."""
+    """What one exchange did: (source, destination, bytes) transfers (also by phase, for the network clock),
+    handler time, agents rolled back."""
 
     transfers: list = field(default_factory=list)
     merge_s: float = 0.0
     rolled_back: list = field(default_factory=list)
+    phases: list = field(default_factory=list)  # the transfers of each phase, in order
 
     def add(self, results: list[dict]) -> None:
+        """One phase's results, from every host (or, from `exchange_p2p`, every phase of each host)."""
+        per_phase = [res.get("phases", [res["transfers"]]) for res in results]
+        base = len(self.phases) if not any("phases" in res for res in results) else 0
+        for k in range(max((len(p) for p in per_phase), default=0)):
+            while len(self.phases) <= base + k:
+                self.phases.append([])
+            for p in per_phase:
+                if k < len(p):
+                    self.phases[base + k] += p[k]
         for res in results:
             self.transfers += res["transfers"]
             self.merge_s += res["merge_s"]
@@ -252,7 +264,9 @@ def run_exchange(backend, algorithm, rows: Rows, alive: list[int], sizes: dict[i
             handles = _merge(backend.run_each(publish, [(k, [i for i in g if i in alive], plain)
                                                         for g in backend.groups]))
             payloads = backend.fetch(handles)
-            outcome.transfers += [(i, SERVER, int(v.nbytes)) for i, v in sorted(payloads.items())]
+            uploads = [(i, SERVER, int(v.nbytes)) for i, v in sorted(payloads.items())]
+            outcome.transfers += uploads
+            outcome.phases.append(uploads)
             mean = np.ascontiguousarray(algorithm.aggregate(payloads, sizes), dtype=np.float32)
             ref = backend.put(mean)
             phase_rows = {i: (0.0, [(SERVER, 1.0)]) for i in alive}

@@ -156,7 +156,7 @@ def test_edgelist(tmp_path) -> None:
     with pytest.raises(TopologyError, match="not found"):
         build("edgelist", 4, path=str(tmp_path / "missing.txt"))
     f.write_text("0 1\n0 x\n")
-    with pytest.raises(TopologyError, match=r"g.txt:2: expected 'i j' or 'i j w'"):
+    with pytest.raises(TopologyError, match=r"g.txt:2: expected 'i j', 'i j w'"):
         build("edgelist", 2, path=str(f))
     f.write_text("0 1\n2 3\n")
     with pytest.raises(TopologyError, match=r"not connected \(2 connected components\)"):
