@@ -1,8 +1,8 @@
-"""How long the README's example commands take, and how much of it is evaluation.
+"""How long the example commands of docs/benchmarks.md take, and how much of it is evaluation.
 
     .venv/bin/python bench/examples.py [--only NAME,NAME] [--out DIR] [--json]
 
-Runs each example of the README's "Using it" as a fresh `python -m dimat` process, one after the other
+Runs each example command as a fresh `python -m dimat` process, one after the other
 (`run.progress=false run.dir=<DIR>/<name>` added), times it as a user waits for it, and prints per
 command the whole time and `summary.json`'s `startup_s`, `wall_s`, `eval_s` (evaluation during the run),
 `final_eval_s` (the final figures, on the full test set) and their share of `wall_s`, with the final
@@ -26,7 +26,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 
-EXAMPLES = {  # name → the README's overrides
+EXAMPLES = {  # name → the documented overrides
     "defaults": [],
     "dsgd_inprocess": ["algorithm=dsgd", "backend=inprocess", "agents=4", "rounds=3"],
     "torus32_ray": ["agents=32", "topology=torus", "backend=ray", "model=mlp", "rounds=2"],
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with open("/proc/loadavg") as f:
             load = f.read().split()[0]
         rows = [run_one(n, out, a.extra) for n in order(names)]
-    table = Table(title=f"the README's examples (load at start {load})")
+    table = Table(title=f"the documented examples (load at start {load})")
     for col in ("command", "whole s", "startup_s", "wall_s", "eval_s", "final_eval_s", "eval / wall_s",
                 "acc mean", "global merge"):
         table.add_column(col, justify="left" if col == "command" else "right")

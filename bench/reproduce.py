@@ -268,7 +268,7 @@ def protocol(quick: bool, tmp: str, out: Path, datasets: tuple[str, ...] = ("fas
         size = (["data=digits", "data.train_samples=null", "model=cnn", "batch_size=32", "rounds=20"] if quick
                 else [f"data={data}"])
         if not quick and data != "fashion_mnist" and not _available(size):
-            print(f"protocol: {data} skipped (its files are not under data.root; see the README's Data section)")
+            print(f"protocol: {data} skipped (its files are not under data.root; see docs/guide/data.md)")
             continue
         for split, sp in PROTOCOL_SPLITS.items():
             _protocol_split(quick, tmp, out, data, split, [*size, *sp])

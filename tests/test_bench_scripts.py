@@ -211,3 +211,16 @@ def test_the_examples_bench_runs_the_readmes_commands_and_reads_their_evaluation
     assert printed[0]["name"] == "dsgd_inprocess" and 0 <= printed[0]["eval_share"] <= 1
     with pytest.raises(SystemExit):
         examples.main(["--only", "nonesuch"])
+
+
+# --------------------------------------------------------------------------- compression.py (slow: ~2 min)
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_compression_bench_writes_its_table(tmp_path):
+    p = subprocess.run([sys.executable, "compression.py", "--quick", "--out", str(tmp_path)], cwd=ROOT / "bench",
+                       capture_output=True, text=True, timeout=580)
+    assert p.returncode == 0, p.stderr[-3000:]
+    table = (tmp_path / "compression.md").read_text()
+    for row in ("D-SGD exact", "D-SGD top-1% + EF", "CHOCO sign", "DIMAT qsgd 4-bit", "| sign |"):
+        assert row in table
+    assert (tmp_path / "compression_bytes.png").is_file() and (tmp_path / "compression_time.png").is_file()

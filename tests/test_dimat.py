@@ -33,7 +33,7 @@ def test_aligned_merges_beat_plain_averaging_by_20_points(tiny, trained_alone):
     acc = {m: first_merge_accuracy(tiny, trained_alone, m) for m in ("average", "weight", "activation")}
     alone = json.loads((trained_alone / "summary.json").read_text())["final_acc_mean"]
     msg = f"first-merge accuracy: {acc}, agents alone before it: {alone}"
-    print(msg)  # the README's figures: pytest tests/test_dimat.py -k aligned_merges -s
+    print(msg)  # the figures of docs/alignment.md: pytest tests/test_dimat.py -k aligned_merges -s
     assert acc["weight"] >= acc["average"] + 0.20, msg
     assert acc["activation"] >= acc["average"] + 0.20, msg
 

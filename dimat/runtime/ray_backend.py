@@ -155,7 +155,21 @@ def start_local_ray(num_cpus: int | None) -> bool:
             log_to_driver=True,
             _system_config=dict(SYSTEM_CONFIG),  # a copy: ray.init adds to it (a second init would warn)
         )
+    _watch_raylet()
     return before
+
+
+def _watch_raylet() -> None:
+    """A driver killed without shutting Ray down leaves nothing running: the raylet's agents are reaped as soon
+    as the driver is gone (`dimat.runtime.reaper`)."""
+    from dimat.runtime import reaper
+
+    try:
+        node = ray._private.worker._global_node
+        raylet = node.all_processes["raylet"][0].process.pid
+    except (AttributeError, KeyError, IndexError):  # another Ray version's internals: Ray's own cleanup only
+        return
+    reaper.watch(raylet)
 
 
 def check_options(*, placement: str, comm: str, timeout_s: float, **counts) -> None:
@@ -266,6 +280,9 @@ class Started:
             remove_placement_group(self.pg)
         if self.owns_ray:
             ray.shutdown()
+            from dimat.runtime import reaper
+
+            reaper.release()
         if self.cluster_flag is not None:
             from ray._private import ray_constants
 
