@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test test-all bench data setup clean
+.PHONY: run test test-all bench data setup clean docs docs-serve
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -33,8 +33,15 @@ test: $(STAMP) data
 test-all: $(STAMP) data
 	$(BIN)/python -m pytest -q -m ''
 
+# the documentation site (mkdocs-material + mkdocstrings): strict, so a broken link or reference fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
+
 bench: $(STAMP) data
 	$(BIN)/python bench/backends.py
 
 clean:
-	rm -rf outputs multirun
+	rm -rf outputs multirun site

@@ -35,6 +35,7 @@ import _common  # noqa: F401 - puts the repository on sys.path
 from alignment import provenance
 from dimat import compose, run
 from dimat.compress import COMPRESSORS
+from dimat.experiment import Diverged
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPRESSORS_1PCT = {"top-1%": ["compress=topk", "compress.ratio=0.01"],
@@ -55,7 +56,13 @@ def base(a) -> list[str]:
 
 def one(a, label: str, overrides: list[str], tmp: str) -> dict:
     t0 = time.perf_counter()
-    res = run(compose([*base(a), *overrides, f"run.dir={tmp}/{time.monotonic_ns()}"]))
+    try:
+        res = run(compose([*base(a), *overrides, f"run.dir={tmp}/{time.monotonic_ns()}"]))
+    except Diverged as e:  # a compressor too coarse for this method: a row that says so, and the study goes on
+        print(json.dumps({"label": label, "diverged": str(e)}), flush=True)
+        return {"label": label, "overrides": " ".join(overrides), "diverged": True, "acc": float("nan"),
+                "bytes": 0, "rounds": [], "curve": [], "bytes_curve": [], "wan_s": [float("nan")],
+                "edge_s": [float("nan")], "all": [], "wall": time.perf_counter() - t0}
     recs = [r for r in res.records if "acc_mean" in r]
     out = {"label": label, "overrides": " ".join(overrides), "acc": res.summary["final_acc_mean"],
            "bytes": res.summary["bytes_total"], "rounds": [r["round"] for r in recs],
@@ -170,12 +177,15 @@ def write(a, rows: list[dict], exact: dict, timing, per_exchange: float, gammas:
              "| method | final acc | vs exact | MiB sent | bytes vs exact | wan s | edge s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r.get("diverged"):
+            lines.append(f"| {r['label']} | diverged (every agent rolled back 3 rounds in a row) | | | | | |")
+            continue
         lines.append(f"| {r['label']} | {100 * r['acc']:.1f}% | {100 * (r['acc'] - exact['acc']):+.1f} | "
                      f"{r['bytes'] / 2**20:.1f} | {exact['bytes'] / max(r['bytes'], 1):.0f}× fewer | "
                      f"{r['wan_s'][-1]:.1f} | {r['edge_s'][-1]:.1f} |")
     best = {}
     for r in rows:
-        if r["label"].startswith("CHOCO"):
+        if r["label"].startswith("CHOCO") and not r.get("diverged"):
             key = r["label"].rsplit(" γ=", 1)[0]
             if key not in best or r["acc"] > best[key]["acc"]:
                 best[key] = r
@@ -204,6 +214,7 @@ def plot(rows: list[dict], best: dict, exact: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import PercentFormatter
 
+    rows = [r for r in rows if not r.get("diverged")]
     shown = [exact, *[r for r in rows if r["label"].startswith("D-SGD") and r is not exact and "EF" in r["label"]],
              *best.values(), *[r for r in rows if r["label"].startswith("DIMAT")]]
     for fname, x, xlabel, log in (("compression_bytes.png", "bytes_curve", "MiB sent by all agents (log)", True),

@@ -68,6 +68,12 @@ class Network:
     def round_s(self, steps: int, phases: Sequence[Sequence[tuple[int, int, int]]], alive: Sequence[int]) -> float:
         """The duration of a round: `steps` local steps, then the exchange whose phases moved these
         (sender, receiver, bytes) messages (SERVER = -1 for a server)."""
+        return self.timeline(steps, phases, alive)[0]
+
+    def timeline(self, steps: int, phases: Sequence[Sequence[tuple[int, int, int]]],
+                 alive: Sequence[int]) -> tuple[float, list[tuple[int, int, float, float, float]]]:
+        """The round's duration and every transfer in it, (sender, receiver, start, end on the uplink, arrival):
+        what `round_s` adds up (the documentation draws it)."""
         alive = list(alive)
         ready = self.train_s(steps)
         trained = max(ready[i] for i in alive) if alive else 0.0
@@ -75,6 +81,7 @@ class Network:
             trained = self.deadline_s  # the late ones are not waited for
         start = {i: float(ready[i]) for i in alive}  # when each sender's uplink is first free
         end = trained
+        events: list[tuple[int, int, float, float, float]] = []
         for k, messages in enumerate(phases):
             if not messages:
                 continue
@@ -89,19 +96,23 @@ class Network:
                 t1 = t0 + 8.0 * nbytes / self.bandwidth[src, dst]
                 free[src] = t1
                 arrivals.append(t1 + self.latency[src, dst])
+                events.append((src, dst, t0, t1, arrivals[-1]))
             for src, _, nbytes in sorted(up):
-                t1 = free[src] + 8.0 * nbytes / self.server_bandwidth
+                t0 = free[src]
+                t1 = t0 + 8.0 * nbytes / self.server_bandwidth
                 free[src] = t1
                 arrivals.append(t1 + self.server_latency)
+                events.append((src, SERVER, t0, t1, arrivals[-1]))
             if down:  # the server sends when every upload has arrived, one agent after another
                 t = max(arrivals, default=end)
                 for _, dst, nbytes in sorted(down, key=lambda m: m[1]):
-                    t += 8.0 * nbytes / self.server_bandwidth
+                    t0, t = t, t + 8.0 * nbytes / self.server_bandwidth
                     arrivals.append(t + self.server_latency)
+                    events.append((SERVER, dst, t0, t, arrivals[-1]))
             end = max(end, max(arrivals, default=end))
         if self.deadline_s is not None and any(ready[i] > self.deadline_s for i in alive):
             end = max(end, self.deadline_s)
-        return float(end)
+        return float(end), events
 
 
 def build(n: int, *, seed: int, bandwidth: float, latency: float, step_s: float, link_sigma: float = 0.0,

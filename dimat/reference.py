@@ -104,7 +104,7 @@ def _first_comment(group: str, option: str) -> str:
             break
         if text and not text.startswith("@package"):
             head.append(text)
-    return " ".join(head).replace("<", "&lt;")
+    return " ".join(head).replace("<", "&lt;").replace("[", "\\[")
 
 
 def options(group: str) -> list[str]:

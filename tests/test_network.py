@@ -27,6 +27,12 @@ def test_a_three_agent_round_by_hand():
     up = [(i, SERVER, 100_000) for i in range(3)]  # each 0.1 s after training (0.1 s): arrive at 0.21
     down = [(SERVER, i, 100_000) for i in range(3)]  # from 0.21: 0.31, 0.41, 0.51 (+0.01 each)
     assert server.round_s(1, [up, down], [0, 1, 2]) == pytest.approx(0.52)
+    # the transfers that make up the round (what the documentation's picture of a round draws)
+    end, events = net.timeline(4, [msgs], [0, 1, 2])
+    assert end == pytest.approx(1.25)
+    assert [(s, d) for s, d, *_ in events] == [(0, 1), (0, 2), (1, 0), (2, 0)]
+    np.testing.assert_allclose([e[2:] for e in events], [(0.4, 0.5, 0.51), (0.5, 0.7, 0.72), (0.2, 0.25, 0.26),
+                                                         (0.8, 1.2, 1.25)])
 
 
 def test_a_deadline_drops_only_the_late_and_the_round_waits_for_it():
