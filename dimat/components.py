@@ -388,8 +388,7 @@ def _compressor(c: dict, algo: Algorithm, layout) -> Any:
     return comp
 
 
-def _network(c: dict, algo: Algorithm, topo, model: torch.nn.Module, example: torch.Tensor, steps: int,
-             pretrain: int) -> Any:
+def _network(c: dict, algo: Algorithm, topo, model: torch.nn.Module, example: torch.Tensor) -> Any:
     """The simulated network of the run (None: network=none), its keys checked."""
     from dimat.config import NetworkConf
     from dimat.network import build, step_flops
@@ -600,7 +599,7 @@ def setup(cfg: dict, *, model: Callable | None = None, dataset: Dataset | Callab
         schedule = call("budget", Ledger, sched, state_bytes, bytes=budget["bytes"], exchanges=budget["exchanges"],
                         seed=c["seed"])
         host = replace(host, track_sent="drift" in sched.needs)
-    network = _network(c, algo, topo, agent.model, example, steps, pretrain)
+    network = _network(c, algo, topo, agent.model, example)
     post_topology = None
     if c["final_merge"]["rounds"]:
         name = c["final_merge"]["topology"]

@@ -219,12 +219,13 @@ class Driver:
         if c["final_merge"]["enabled"]:
             summary.update(_final_merge(c, self.s, self.backend, len(self.alive), self.full_counts))
         summary["host_restarts"] = restarts
-        summary["rollbacks"] = sum(len(rec.get("rolled_back") or ()) for rec in read_metrics(self.writer.dir))
+        recorded = read_metrics(self.writer.dir)  # evaluated rounds and event lines alike
+        summary["rollbacks"] = sum(len(rec.get("rolled_back") or ()) for rec in recorded)
         summary["threads"] = self.backend.threads
         if self.network is not None:  # the simulated total (the final global merge is not on the clock)
             summary["sim_time_s"] = self.sim_time
             summary["time_to_acc"] = first_reached(self.records, c["network"]["targets"])
-            summary["late_rounds"] = sum(1 for rec in read_metrics(self.writer.dir) if rec.get("late"))
+            summary["late_rounds"] = sum(1 for rec in recorded if rec.get("late"))
         summary["nodes"] = len(set(self.backend.run(ops.node)))
         summary["wall_s"] = time.perf_counter() - self.t_start  # the rounds, evaluation and final merge
         if self.s.started and not self.resumed:  # and everything before them: data, checks, starting the hosts

@@ -29,13 +29,6 @@ import numpy as np
 
 SERVER = -1
 
-# name -> (bandwidth bit/s, latency s, device FLOP/s, link spread, speed spread, stragglers, slowdown)
-PRESETS = {
-    "datacenter": (10e9, 5e-5, 1e13, 0.0, 0.0, 0.0, 1.0),
-    "wan": (100e6, 0.05, 1e12, 0.5, 0.2, 0.0, 1.0),
-    "edge": (10e6, 0.1, 5e10, 0.5, 0.5, 0.1, 4.0),
-}
-
 
 class NetworkError(ValueError):
     """An invalid network setting (one line, naming the key)."""

@@ -13,15 +13,13 @@ import inspect
 import sys
 import typing
 from functools import lru_cache
-from pathlib import Path
 
 from omegaconf import MISSING, OmegaConf
 
 from . import config as C
+from .configure import conf_dir
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
-if not CONF.is_dir():  # an installed wheel: conf/ ships as dimat/conf
-    CONF = Path(__file__).resolve().parent / "conf"
+CONF = conf_dir()  # the checkout's conf/, or dimat/conf in an installed wheel
 
 # groups whose options share one schema (no SCHEMAS entry): the schema is the type of Config's field
 SHARED = {"merge": C.MergeConf, "network": C.NetworkConf}
@@ -76,10 +74,9 @@ def _value(v) -> str:
         return str(v).lower()
     if isinstance(v, float):
         return f"`{v:g}`"
-    if isinstance(v, str) and v.startswith("${"):
-        return f"`{v}`"
-    return f"`{v}`" if not isinstance(v, (dict, list)) else f"`{OmegaConf.to_yaml(v).strip()}`" if isinstance(
-        v, dict) else f"`{list(v)}`"
+    if isinstance(v, dict):
+        return f"`{OmegaConf.to_yaml(v).strip()}`"
+    return f"`{list(v) if isinstance(v, list) else v}`"
 
 
 def _yaml(group: str, option: str) -> dict:
@@ -145,9 +142,9 @@ def group_reference(group: str) -> str:
     schema, such as `merge` and `network`, gets the keys once and a table of what each option sets)."""
     out = []
     if group in SHARED:
-        cls = SHARED[group]
-        out += [f"Every `{group}` option takes the same keys (defaults as `{group}={_default_option(group)}` sets "
-                "them):\n", keys_table(cls, _yaml(group, _default_option(group))) + "\n",
+        default = _default_option(group)
+        out += [f"Every `{group}` option takes the same keys (defaults as `{group}={default}` sets them):\n",
+                keys_table(SHARED[group], _yaml(group, default)) + "\n",
                 "| option | what it is | what it sets |", "|---|---|---|"]
         for option in options(group):
             sets = ", ".join(f"`{k}={_value(v).strip('`')}`" for k, v in _yaml(group, option).items())

@@ -21,5 +21,24 @@ def tiny_overrides(overrides: list[str]) -> list[str]:
     return [*base, *overrides]
 
 
+def crash_at(cfg, at: int) -> None:
+    """Run `cfg` until round `at` is interrupted as Ctrl-C would interrupt it (its folder is left to resume)."""
+    import pytest
+
+    from dimat import experiment
+
+    real = experiment.Driver.round
+
+    def crash(self, r):
+        if r == at:
+            raise KeyboardInterrupt("killed")
+        real(self, r)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(experiment.Driver, "round", crash)
+        with pytest.raises(KeyboardInterrupt):
+            dimat.run(cfg)
+
+
 def compose_cfg(overrides: list[str] = ()):
     return dimat.compose(list(overrides))

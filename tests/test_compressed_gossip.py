@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from cfg_helpers import crash_at
 import dimat
-from dimat import ConfigError, experiment, run
+from dimat import ConfigError, run
 from dimat.compress import TopK
 from dimat.metrics import read_metrics
 
@@ -43,21 +44,11 @@ def test_every_backend_and_transport_gives_the_same_compressed_run(tiny):
             assert a["consensus"] == pytest.approx(b["consensus"], rel=1e-9)
 
 
-def test_a_resumed_run_with_error_feedback_equals_one_that_never_stopped(tiny, tmp_path, monkeypatch):
+def test_a_resumed_run_with_error_feedback_equals_one_that_never_stopped(tiny, tmp_path):
     base = ("algorithm=dsgd", "backend=inprocess", "rounds=4", "run.checkpoint_every=2", "pretrain_epochs=0",
             "compress=randomk", "compress.ratio=0.2", "compress.error_feedback=true")
     full = run(tiny(*base, f"run.dir={tmp_path}/full"))
-    real = experiment.Driver.round
-
-    def crash(self, r):
-        if r == 3:
-            raise KeyboardInterrupt
-        real(self, r)
-
-    monkeypatch.setattr(experiment.Driver, "round", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny(*base, f"run.dir={tmp_path}/crash"))
-    monkeypatch.setattr(experiment.Driver, "round", real)
+    crash_at(tiny(*base, f"run.dir={tmp_path}/crash"), at=3)
     dimat.resume(tmp_path / "crash")
     strip = lambda recs: [{k: r.get(k) for k in FIGURES} for r in recs]  # noqa: E731
     assert strip(read_metrics(tmp_path / "crash")) == strip(read_metrics(full.run_dir))
@@ -132,21 +123,11 @@ def test_public_copies_are_the_same_at_both_ends_and_approach_the_model():
 
 
 @pytest.mark.parametrize("algorithm", ["choco", "dimat"])
-def test_public_copies_survive_a_resume(tiny, tmp_path, monkeypatch, algorithm):
+def test_public_copies_survive_a_resume(tiny, tmp_path, algorithm):
     base = (f"algorithm={algorithm}", "backend=inprocess", "rounds=4", "run.checkpoint_every=2", "pretrain_epochs=0",
             "compress=topk", "compress.ratio=0.1")
     full = run(tiny(*base, f"run.dir={tmp_path}/full"))
-    real = experiment.Driver.round
-
-    def crash(self, r):
-        if r == 3:
-            raise KeyboardInterrupt
-        real(self, r)
-
-    monkeypatch.setattr(experiment.Driver, "round", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny(*base, f"run.dir={tmp_path}/crash"))
-    monkeypatch.setattr(experiment.Driver, "round", real)
+    crash_at(tiny(*base, f"run.dir={tmp_path}/crash"), at=3)
     dimat.resume(tmp_path / "crash")
     strip = lambda recs: [{k: r.get(k) for k in FIGURES} for r in recs]  # noqa: E731
     assert strip(read_metrics(tmp_path / "crash")) == strip(read_metrics(full.run_dir))

@@ -53,7 +53,7 @@ def commands(page: Path) -> list[str]:
 
 
 def _newest(folder: Path) -> Path:
-    runs = sorted(p.parent for p in folder.glob("*/*/config.yaml")) or sorted(folder.glob("*/*"))
+    runs = [p.parent for p in folder.glob("*/*/config.yaml")] or list(folder.glob("*/*"))
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cfg_helpers import crash_at
 import dimat
-from dimat import ConfigError, experiment, run
+from dimat import ConfigError, run
 from dimat.metrics import read_metrics
 from dimat.network import SERVER, Network, build, first_reached
 
@@ -84,21 +85,11 @@ def test_a_deadline_in_a_run_drops_the_stragglers_messages_and_records_them(tiny
     assert res.records[0]["sim_time_s"] == pytest.approx(0.5, rel=1e-3)  # the round waits for the deadline
 
 
-def test_a_resumed_clock_goes_on_where_it_stopped(tiny, tmp_path, monkeypatch):
+def test_a_resumed_clock_goes_on_where_it_stopped(tiny, tmp_path):
     base = ("algorithm=dsgd", "backend=inprocess", "rounds=4", "run.checkpoint_every=2", "pretrain_epochs=0",
             "eval.every=1", "network=wan", "compress=topk", "compress.ratio=0.1")
     full = run(tiny(*base, f"run.dir={tmp_path}/full"))
-    real = experiment.Driver.round
-
-    def crash(self, r):
-        if r == 3:
-            raise KeyboardInterrupt
-        real(self, r)
-
-    monkeypatch.setattr(experiment.Driver, "round", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny(*base, f"run.dir={tmp_path}/crash"))
-    monkeypatch.setattr(experiment.Driver, "round", real)
+    crash_at(tiny(*base, f"run.dir={tmp_path}/crash"), at=3)
     resumed = dimat.resume(tmp_path / "crash")
     assert [r["sim_time_s"] for r in read_metrics(tmp_path / "crash")] == [r["sim_time_s"] for r in full.records]
     assert resumed.summary["sim_time_s"] == full.summary["sim_time_s"]

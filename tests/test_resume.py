@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cfg_helpers import crash_at
 import dimat
-from dimat import ConfigError, experiment, run
+from dimat import ConfigError, run
 from dimat.metrics import read_metrics
 
 TIME_KEYS = {"wall_s", "merge_s", "exchange_s"}
@@ -21,22 +22,12 @@ def _strip(recs):
     "dsgd", "dimat", "gt", "d2", "qgm", "cga",  # their per-agent state (trackers, momentum, ...) is checkpointed
     "dsgd,backend.vectorize=true,algorithm.optimizer.name=msgd",  # momentum rows of a vectorized group
 ])
-def test_a_crashed_run_resumes_to_the_same_metrics(tiny, tmp_path, monkeypatch, algorithm):
+def test_a_crashed_run_resumes_to_the_same_metrics(tiny, tmp_path, algorithm):
     algorithm, *extra = algorithm.split(",")
     full = run(tiny(*COMMON, f"algorithm={algorithm}", *extra, f"run.dir={tmp_path}/full"))
 
-    real_round = experiment.Driver.round
-
-    def crash_in_round_4(self, r):
-        if r == 4:
-            raise KeyboardInterrupt("killed")
-        real_round(self, r)
-
-    monkeypatch.setattr(experiment.Driver, "round", crash_in_round_4)
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny(*COMMON, f"algorithm={algorithm}", *extra, f"run.dir={tmp_path}/crash"))
+    crash_at(tiny(*COMMON, f"algorithm={algorithm}", *extra, f"run.dir={tmp_path}/crash"), at=4)
     assert [r["round"] for r in read_metrics(tmp_path / "crash")] == [1, 2, 3]  # round 3 is after the checkpoint
-    monkeypatch.setattr(experiment.Driver, "round", real_round)
 
     resumed = dimat.resume(tmp_path / "crash")
     assert _strip(read_metrics(tmp_path / "crash")) == _strip(read_metrics(full.run_dir))

@@ -193,14 +193,14 @@ class Outcome:
 
     def add(self, results: list[dict]) -> None:
         """One phase's results, from every host (or, from `exchange_p2p`, every phase of each host)."""
-        per_phase = [res.get("phases", [res["transfers"]]) for res in results]
-        base = len(self.phases) if not any("phases" in res for res in results) else 0
-        for k in range(max((len(p) for p in per_phase), default=0)):
-            while len(self.phases) <= base + k:
-                self.phases.append([])
-            for p in per_phase:
-                if k < len(p):
-                    self.phases[base + k] += p[k]
+        if results and "phases" in results[0]:  # exchange_p2p: every phase of each host at once
+            for res in results:
+                for k, moved in enumerate(res["phases"]):
+                    if k == len(self.phases):
+                        self.phases.append([])
+                    self.phases[k] += moved
+        elif results:  # one phase, from every host
+            self.phases.append([t for res in results for t in res["transfers"]])
         for res in results:
             self.transfers += res["transfers"]
             self.merge_s += res["merge_s"]

@@ -71,7 +71,7 @@ def test_a_driver_killed_during_start_up_leaves_no_ray_process(tmp_path):
                     argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
                 except OSError:
                     continue
-                if any(a.endswith(b"dimat/runtime/reaper.py") for a in argv) and argv[-2:][0].isdigit():
+                if any(a.endswith(b"dimat/runtime/reaper.py") for a in argv) and argv[-2].isdigit():  # [.., pid, ""]
                     return int(argv[-2])
         return None
 
