@@ -411,6 +411,12 @@ def _network(c: dict, algo: Algorithm, topo, model: torch.nn.Module, example: to
         if any(p.kind != "gossip" for p in algo.phases):
             raise ConfigError(f"network.deadline_s drops late agents' gossip messages; algorithm={algo.label} has "
                               "other phases: drop the deadline")
+    if nc["step_s"] is not None and nc["flops"] is not None:
+        raise ConfigError(f"network.step_s={nc['step_s']:g} and network.flops={nc['flops']:g} both price a local step: "
+                          "give one (network.flops=null to time steps by step_s, network.step_s=null by FLOPs)")
+    if nc["slowdown"] != 1 and not nc["stragglers"]:
+        raise ConfigError(f"network.slowdown={nc['slowdown']:g} slows the stragglers, and network.stragglers=0 makes "
+                          "none: give network.stragglers (a fraction of the agents)")
     step_s = nc["step_s"]
     if step_s is None:
         if nc["flops"] is None or not nc["flops"] > 0:

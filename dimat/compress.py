@@ -183,6 +183,9 @@ class QSGD(Compressor):
             raise CompressError(f"compress.bucket={bucket} must be >= 1: coordinates sharing one norm")
         self.bits, self.bucket = int(bits), int(bucket)
         self.lossless = self.bits == 32
+        if self.lossless and bucket != QSGD.__init__.__kwdefaults__["bucket"]:
+            raise CompressError(f"compress.bucket={bucket} groups quantized coordinates, and compress.bits=32 sends "
+                                "floats: drop compress.bucket or give bits 2, 4 or 8")
 
     def fields(self, n: int) -> dict:
         if self.lossless:

@@ -418,7 +418,7 @@ class NetworkConf:
     bandwidth: float = 1e9  # bit/s of each link (and of a server's)
     latency: float = 0.0  # s of each link
     flops: float | None = None  # device FLOP/s: a local step costs the model's counted FLOPs / flops
-    step_s: float | None = None  # or the seconds of one local step at speed 1 (instead of flops)
+    step_s: float | None = None  # or the seconds of one local step at speed 1 (instead of flops: not both)
     link_sigma: float = 0.0  # log-normal spread of the links' bandwidths (seeded)
     speed_sigma: float = 0.0  # log-normal spread of the agents' compute speeds (seeded)
     stragglers: float = 0.0  # the fraction of agents `slowdown` times slower (seeded)

@@ -105,6 +105,7 @@ def test_packing_for_a_byte_transport_is_lossless():
 @pytest.mark.parametrize("make,match", [
     (lambda: TopK(ratio=0), "compress.ratio=0"), (lambda: QSGD(bits=3), "compress.bits=3"),
     (lambda: LowRank(rank=0), "compress.rank=0"), (lambda: Compressor(error_feedback=True), "error_feedback"),
+    (lambda: QSGD(bits=32, bucket=64), "compress.bucket=64"),
 ])
 def test_bad_options_are_one_line(make, match):
     with pytest.raises(CompressError, match=match):

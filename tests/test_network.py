@@ -101,6 +101,8 @@ def test_a_resumed_clock_goes_on_where_it_stopped(tiny, tmp_path):
     (["network=custom", "network.deadline_s=1", "algorithm=choco"], "public copies"),
     (["network=custom", "network.stragglers=2"], "network.stragglers=2"),
     (["network=custom", "algorithm=local"], "sends nothing"),
+    (["network=wan", "network.step_s=0.1"], "both price a local step"),
+    (["network=custom", "network.slowdown=4"], "network.stragglers=0 makes none"),
 ])
 def test_network_settings_that_cannot_apply_are_refused(tiny, overrides, match):
     with pytest.raises(ConfigError, match=match):
